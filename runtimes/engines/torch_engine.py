@@ -1,0 +1,39 @@
+"""PyTorch engine: the reference path, and the one that uses a GPU when there is one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModel
+
+
+class TorchEngine:
+    """transformers `AutoModel` + mean pooling on the device, returns numpy float32."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        device: str = "cpu",
+        dtype: str = "float32",
+        threads: int | None = None,
+    ) -> None:
+        if threads and device == "cpu":
+            torch.set_num_threads(threads)
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, dtype)
+        self.model = AutoModel.from_pretrained(str(model_dir), dtype=self.dtype, attn_implementation="sdpa")
+        self.model.to(self.device).eval()
+        self.dim = int(self.model.config.hidden_size)
+        self.name = f"torch-{dtype}-{device}"
+
+    @torch.inference_mode()
+    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        ids = torch.from_numpy(input_ids).to(self.device)
+        mask = torch.from_numpy(attention_mask).to(self.device)
+        hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
+        pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
+        return pooled.cpu().numpy()
