@@ -33,6 +33,7 @@ def build_app(args: dict[str, Any]) -> Application:
     catalog = load_catalog(catalog_path)
     handles = {}
     for name in opts.models:
-        spec = catalog.get(name)
-        handles[name] = TextEncoderDeployment.options(name=name).bind(spec.model_dump(), engine=opts.engine)
-    return Router.bind(handles, max_body_bytes=opts.max_body_bytes)
+        spec = catalog.get(name).model_dump()
+        deployment = TextEncoderDeployment.options(name=name)  # type: ignore[attr-defined]
+        handles[name] = deployment.bind(spec, engine=opts.engine)
+    return Router.bind(handles, max_body_bytes=opts.max_body_bytes)  # type: ignore[attr-defined]

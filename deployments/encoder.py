@@ -60,8 +60,8 @@ class TextEncoderDeployment:
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         self.config = BatchingConfig.model_validate(user_config or {})
-        self._encode_batch.set_max_batch_size(self.config.max_batch_sentences)
-        self._encode_batch.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)
+        self._encode_batch.set_max_batch_size(self.config.max_batch_sentences)  # type: ignore[attr-defined]
+        self._encode_batch.set_batch_wait_timeout_s(self.config.batch_wait_timeout_s)  # type: ignore[attr-defined]
         self.encoder.limits = BatchLimits(self.config.max_forward_sequences, self.config.max_forward_tokens)
 
     def info(self) -> dict[str, Any]:

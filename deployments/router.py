@@ -65,7 +65,9 @@ def embedding_payload(req: EmbeddingRequest, result: EmbedResult) -> bytes:
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=512)
 @serve.ingress(app)
 class Router:
-    def __init__(self, models: dict[str, DeploymentHandle], max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+    def __init__(
+        self, models: dict[str, DeploymentHandle], max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    ) -> None:
         self.models = models
         self.max_body_bytes = max_body_bytes
         self.cards: dict[str, ModelCard] = {}
@@ -74,7 +76,9 @@ class Router:
     async def card(self, name: str) -> ModelCard:
         if name not in self.cards:
             info = await self.models[name].info.remote()
-            self.cards[name] = ModelCard(created=self.started, **{k: info[k] for k in ModelCard.model_fields if k in info})
+            self.cards[name] = ModelCard(
+                created=self.started, **{k: info[k] for k in ModelCard.model_fields if k in info}
+            )
         return self.cards[name]
 
     def handle_for(self, model: str) -> DeploymentHandle:
@@ -90,7 +94,9 @@ class Router:
 
     @app.post(
         "/v1/embeddings",
-        openapi_extra={"requestBody": {"content": {"application/json": {"schema": EmbeddingRequest.model_json_schema()}}}},
+        openapi_extra={
+            "requestBody": {"content": {"application/json": {"schema": EmbeddingRequest.model_json_schema()}}}
+        },
     )
     async def embeddings(self, request: Request) -> Response:
         try:
@@ -100,8 +106,11 @@ class Router:
             raise ApiError(400, message, param, "invalid_request") from None
         handle = self.handle_for(req.model)
         if req.dimensions is not None and req.dimensions != (await self.card(req.model)).dimensions:
-            raise ApiError(400, f"{req.model} only returns {(await self.card(req.model)).dimensions} dimensions",
-                           param="dimensions")
+            raise ApiError(
+                400,
+                f"{req.model} only returns {(await self.card(req.model)).dimensions} dimensions",
+                param="dimensions",
+            )
         result: EmbedResult = await handle.embed.remote(req.texts())
         if result.error:
             raise ApiError(400, result.error, result.error_param, "context_length_exceeded")
