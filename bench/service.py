@@ -1,0 +1,101 @@
+"""Start and stop the real service the way a user does: `serve run <config>` in its own process group.
+
+Used by the benchmark (which times start-up) and by the integration tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = ROOT / "configs" / "serve.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningService:
+    proc: subprocess.Popen
+    base_url: str
+    log: Path
+    models: list[str]
+    startup_s: float = float("nan")
+
+    def stop(self) -> None:
+        """SIGTERM (serve run ignores SIGINT in the background), then kill what is left of its group."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=60)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def wait_ready(self, timeout_s: float) -> float:
+        """Block until every model answers an embedding request; returns seconds since launch."""
+        started = time.monotonic()
+        pending = list(self.models)
+        while pending:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve run exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if time.monotonic() - started > timeout_s:
+                raise TimeoutError(f"service not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                body = {"model": pending[0], "input": "ready?"}
+                if httpx.post(f"{self.base_url}/v1/embeddings", json=body, timeout=10).status_code == 200:
+                    pending.pop(0)
+                    continue
+            time.sleep(0.5)
+        return time.monotonic() - started
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+
+def start_service(
+    config: Path = DEFAULT_CONFIG, port: int | None = None, ready_timeout_s: float = 600
+) -> RunningService:
+    """Launch `serve run` on a copy of `config` with only the port changed; wait until it answers."""
+    cfg = yaml.safe_load(config.read_text())
+    port = port or free_port()
+    cfg["http_options"]["port"] = port
+    workdir = Path(tempfile.mkdtemp(prefix="ig-"))
+    cfg_path = workdir / "serve.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    log = workdir / "serve.log"
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    env.setdefault("RAY_TMPDIR", str(workdir / "ray"))
+    serve_cli = Path(sys.executable).parent / "serve"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(serve_cli), "run", str(cfg_path)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    models = [m for app in cfg["applications"] for m in app.get("args", {}).get("models", [])]
+    service = RunningService(proc, f"http://127.0.0.1:{port}", log, models)
+    try:
+        service.startup_s = service.wait_ready(ready_timeout_s)
+    except BaseException:
+        service.stop()
+        raise
+    return service
