@@ -58,9 +58,12 @@ class RunningService:
                 raise TimeoutError(f"service not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
             with contextlib.suppress(httpx.HTTPError):
                 body = {"model": pending[0], "input": "ready?"}
-                if httpx.post(f"{self.base_url}/v1/embeddings", json=body, timeout=10).status_code == 200:
+                r = httpx.post(f"{self.base_url}/v1/embeddings", json=body, timeout=10)
+                if r.status_code == 200:
                     pending.pop(0)
                     continue
+                if r.status_code == 500:  # the app is up but broken: waiting will not help
+                    raise RuntimeError(f"service answers 500: {r.text}\n{self.log_tail()}")
             time.sleep(0.5)
         return time.monotonic() - started
 

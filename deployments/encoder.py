@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +30,8 @@ class BatchingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_batch_sentences: int = Field(64, ge=1, description="sentences gathered into one Serve batch")
     batch_wait_timeout_s: float = Field(0.004, ge=0, description="how long a batch waits to fill")
-    max_forward_sequences: int = Field(32, ge=1, description="sequences per engine forward pass")
-    max_forward_tokens: int = Field(8192, ge=1, description="padded tokens per engine forward pass")
+    max_forward_sequences: int = Field(16, ge=1, description="sequences per engine forward pass")
+    max_forward_tokens: int = Field(512, ge=1, description="padded tokens per engine forward pass")
 
 
 @dataclass
@@ -55,6 +56,7 @@ class TextEncoderDeployment:
         self.engine_kind = engine
         self.encoder = load_text_encoder(self.spec, engine=engine, threads=threads)  # type: ignore[arg-type]
         self.config = BatchingConfig()
+        self.stats = Counter[str]()  # calls, requests, batches, sentences: is batching doing its job?
         self.encoder.encode(["warm-up sentence so the first real request is not slow"])
         log.info("%s ready on %s (base model, no registry variant)", self.spec.name, self.encoder.engine.name)
 
@@ -73,10 +75,12 @@ class TextEncoderDeployment:
             "engine": self.encoder.engine.name,
             "variant": "base",
             "batching": self.config.model_dump(),
+            "stats": dict(self.stats),
         }
 
     async def embed(self, texts: list[str]) -> EmbedResult:
         """Embed one request's texts; an over-long input is a client error, not an exception."""
+        self.stats["requests"] += 1
         try:
             ids = self.encoder.tokenize(texts)
         except InputTooLongError as exc:
@@ -85,9 +89,16 @@ class TextEncoderDeployment:
         vectors = await self._encode_batch(EncodeJob(ids, weight))
         return EmbedResult(embeddings=vectors, prompt_tokens=sum(len(row) for row in ids))
 
+    async def embed_many(self, requests: list[list[str]]) -> list[EmbedResult]:
+        """Several requests in one call: the router coalesces small ones to save per-call overhead."""
+        self.stats["coalesced_calls"] += 1
+        return list(await asyncio.gather(*(self.embed(texts) for texts in requests)))
+
     @serve.batch(max_batch_size=64, batch_wait_timeout_s=0.004, batch_size_fn=_batch_weight)
     async def _encode_batch(self, jobs: list[EncodeJob]) -> list[Any]:
         flat = [row for job in jobs for row in job.ids]
+        self.stats["batches"] += 1
+        self.stats["sentences"] += len(flat)
         # In a thread: the event loop keeps accepting requests (the next batch) during compute.
         vectors = await asyncio.to_thread(self.encoder.encode_ids, flat)
         out, start = [], 0

@@ -7,6 +7,7 @@ It validates the body, picks the model deployment and shapes the OpenAI response
 
 import base64
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -62,14 +63,37 @@ def embedding_payload(req: EmbeddingRequest, result: EmbedResult) -> bytes:
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+def coalescer(handle: DeploymentHandle, max_requests: int, wait_s: float) -> Callable[[list[str]], Any]:
+    """Gather concurrent small requests for one model into a single call to its deployment.
+
+    Every handle call costs milliseconds of CPU on both ends; on a small machine that, not the
+    model, caps single-sentence traffic. Serve's own batcher does the gathering.
+    """
+
+    @serve.batch(max_batch_size=max_requests, batch_wait_timeout_s=wait_s, max_concurrent_batches=4)
+    async def forward(requests: list[list[str]]) -> list[EmbedResult]:
+        return await handle.embed_many.remote(requests)
+
+    return forward
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=512)
 @serve.ingress(app)
 class Router:
     def __init__(
-        self, models: dict[str, DeploymentHandle], max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+        self,
+        models: dict[str, DeploymentHandle],
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        coalesce_max_requests: int = 32,
+        coalesce_wait_s: float = 0.002,
+        coalesce_below_sentences: int = 8,
     ) -> None:
         self.models = models
         self.max_body_bytes = max_body_bytes
+        self.coalesced = {
+            name: coalescer(h, coalesce_max_requests, coalesce_wait_s) for name, h in models.items()
+        }
+        self.coalesce_below = coalesce_below_sentences
         self.cards: dict[str, ModelCard] = {}
         self.started = int(time.time())
 
@@ -111,7 +135,11 @@ class Router:
                 f"{req.model} only returns {(await self.card(req.model)).dimensions} dimensions",
                 param="dimensions",
             )
-        result: EmbedResult = await handle.embed.remote(req.texts())
+        texts = req.texts()
+        if len(texts) < self.coalesce_below:
+            result: EmbedResult = await self.coalesced[req.model](texts)
+        else:
+            result = await handle.embed.remote(texts)
         if result.error:
             raise ApiError(400, result.error, result.error_param, "context_length_exceeded")
         return Response(embedding_payload(req, result), media_type="application/json")

@@ -31,10 +31,14 @@ class InputTooLongError(ValueError):
 
 @dataclass(frozen=True)
 class BatchLimits:
-    """Upper bounds on one forward pass."""
+    """Upper bounds on one forward pass.
 
-    max_sequences: int = 32
-    max_padded_tokens: int = 8192
+    Small, length-sorted forward passes win on CPU: on the reference 2-core box MiniLM ran at
+    ~190 sentences/s with 16 sequences / 512 padded tokens per pass vs ~80 with 32 unsorted.
+    """
+
+    max_sequences: int = 16
+    max_padded_tokens: int = 512
 
 
 def plan_batches(lengths: Sequence[int], limits: BatchLimits) -> list[list[int]]:
