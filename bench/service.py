@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -34,6 +35,7 @@ class RunningService:
     proc: subprocess.Popen
     base_url: str
     log: Path
+    config: Path
     models: list[str]
     startup_s: float = float("nan")
 
@@ -67,6 +69,11 @@ class RunningService:
             time.sleep(0.5)
         return time.monotonic() - started
 
+    def dashboard_url(self) -> str:
+        """Where `serve deploy` reaches this cluster (printed by `ray.init` at start-up)."""
+        match = re.search(r"dashboard at \S*?(http://[\w.:]+)", self.log.read_text(errors="replace"))
+        return match.group(1) if match else "http://127.0.0.1:8265"
+
     def log_tail(self, chars: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-chars:]
 
@@ -95,7 +102,7 @@ def start_service(
             start_new_session=True,
         )
     models = [m for app in cfg["applications"] for m in app.get("args", {}).get("models", [])]
-    service = RunningService(proc, f"http://127.0.0.1:{port}", log, models)
+    service = RunningService(proc, f"http://127.0.0.1:{port}", log, cfg_path, models)
     try:
         service.startup_s = service.wait_ready(ready_timeout_s)
     except BaseException:

@@ -94,16 +94,19 @@ class Router:
             name: coalescer(h, coalesce_max_requests, coalesce_wait_s) for name, h in models.items()
         }
         self.coalesce_below = coalesce_below_sentences
-        self.cards: dict[str, ModelCard] = {}
+        self.dimensions: dict[str, int] = {}
         self.started = int(time.time())
 
     async def card(self, name: str) -> ModelCard:
-        if name not in self.cards:
-            info = await self.models[name].info.remote()
-            self.cards[name] = ModelCard(
-                created=self.started, **{k: info[k] for k in ModelCard.model_fields if k in info}
-            )
-        return self.cards[name]
+        """Asked of the deployment each time, so live batching changes show up."""
+        info = await self.models[name].info.remote()
+        self.dimensions[name] = info["dimensions"]
+        return ModelCard(created=self.started, **info)
+
+    async def dimensions_of(self, name: str) -> int:
+        if name not in self.dimensions:
+            await self.card(name)
+        return self.dimensions[name]
 
     def handle_for(self, model: str) -> DeploymentHandle:
         handle = self.models.get(model)
@@ -129,12 +132,8 @@ class Router:
             message, param = describe_validation_error(exc)
             raise ApiError(400, message, param, "invalid_request") from None
         handle = self.handle_for(req.model)
-        if req.dimensions is not None and req.dimensions != (await self.card(req.model)).dimensions:
-            raise ApiError(
-                400,
-                f"{req.model} only returns {(await self.card(req.model)).dimensions} dimensions",
-                param="dimensions",
-            )
+        if req.dimensions is not None and req.dimensions != (dims := await self.dimensions_of(req.model)):
+            raise ApiError(400, f"{req.model} only returns {dims} dimensions", param="dimensions")
         texts = req.texts()
         if len(texts) < self.coalesce_below:
             result: EmbedResult = await self.coalesced[req.model](texts)

@@ -57,6 +57,8 @@ class ModelCard(BaseModel):
     max_input_tokens: int
     engine: str
     variant: str
+    batching: dict[str, Any] = {}
+    stats: dict[str, int] = {}
 
 
 @dataclass

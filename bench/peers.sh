@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Peer benchmark side by side, in one run: Infinity (ONNX INT8), naive FastAPI, naive Ray Serve and
+# infergraph, same frozen corpus and the peers' own load generator (../shared/bench/peers).
+#   bash bench/peers.sh            # ~15 min; needs the peers' one-time setup (their setup.sh)
+# Results: $PEERS/results/side_by_side.jsonl and a markdown table on stdout.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PEERS_DIR="${PEERS_DIR:-$ROOT/../shared/bench/peers}"
+export PEERS="${PEERS:-/tmp/peers}"
+export OUT="${OUT:-$PEERS/results/side_by_side.jsonl}"
+SERVERS="${SERVERS:-infinity-int8 fastapi ray}"
+[ -x "$PEERS/venv/bin/python" ] || bash "$PEERS_DIR/setup.sh"
+mkdir -p "$(dirname "$OUT")"
+# shellcheck disable=SC2086
+"$PEERS_DIR/run_peers.sh" server $SERVERS
+
+cd "$ROOT"
+export RAY_TMPDIR="${RAY_TMPDIR:-/tmp/ig-peers-ray}"
+uv run serve run configs/serve.yaml >"$PEERS/logs/infergraph.log" 2>&1 &
+SERVE_PID=$!
+trap 'kill -TERM $SERVE_PID 2>/dev/null; wait $SERVE_PID 2>/dev/null' EXIT
+T0=$SECONDS
+until curl -sf -m 5 -H 'Content-Type: application/json' \
+    -d '{"model": "all-MiniLM-L6-v2", "input": ["ready check"]}' http://127.0.0.1:8000/v1/embeddings -o /dev/null; do
+  kill -0 $SERVE_PID 2>/dev/null || { tail -n 30 "$PEERS/logs/infergraph.log"; exit 1; }
+  sleep 1
+done
+echo "[peers] infergraph ready in $((SECONDS - T0)) s"
+sleep 2
+"$PEERS_DIR/run_peers.sh" url http://127.0.0.1:8000/v1/embeddings infergraph "$SERVE_PID"
+"$PEERS/venv/bin/python" "$PEERS_DIR/summarize.py" "$OUT"
