@@ -6,11 +6,10 @@ import logging
 from pathlib import Path
 from typing import Literal
 
-from transformers import AutoTokenizer
-
 from runtimes.catalog import ModelSpec, cache_root, fingerprint, resolve_model_dir
 from runtimes.engines.base import EncoderEngine
 from runtimes.text_encoder import BatchLimits, TextEncoder
+from runtimes.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ def load_text_encoder(
     cache: Path | None = None,
 ) -> TextEncoder:
     model_dir = resolve_model_dir(spec, cache)
-    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer, pad_id = load_tokenizer(model_dir)
     built = build_engine(model_dir, engine, spec.name, threads=threads, device=device, cache=cache)
     log.info("loaded %s from %s on %s", spec.name, model_dir, built.name)
     return TextEncoder(
@@ -56,4 +55,5 @@ def load_text_encoder(
         limits=limits,
         prefix=spec.prefix,
         known_prefixes=spec.known_prefixes,
+        pad_id=pad_id,
     )

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedTokenizerBase
+    from tokenizers import Tokenizer
 
     from runtimes.engines.base import EncoderEngine
 
@@ -67,12 +67,13 @@ class TextEncoder:
 
     def __init__(
         self,
-        tokenizer: PreTrainedTokenizerBase,
+        tokenizer: Tokenizer,
         engine: EncoderEngine,
         max_length: int,
         limits: BatchLimits | None = None,
         prefix: str = "",
         known_prefixes: Sequence[str] = (),
+        pad_id: int = 0,
     ) -> None:
         self.tokenizer = tokenizer
         self.engine = engine
@@ -80,7 +81,7 @@ class TextEncoder:
         self.limits = limits or BatchLimits()
         self.prefix = prefix
         self.known_prefixes = tuple(known_prefixes)
-        self.pad_id = int(tokenizer.pad_token_id or 0)
+        self.pad_id = pad_id
         # Inputs longer than this many characters cannot fit in max_length tokens for any
         # tokenizer we serve; refusing them early keeps a huge string from costing tokenizer time.
         self.max_chars = max_length * 64
@@ -100,9 +101,7 @@ class TextEncoder:
             if len(text) > self.max_chars:
                 raise InputTooLongError(i, len(text), self.max_length)
         prepared = [self._with_prefix(t) for t in texts]
-        ids: list[list[int]] = self.tokenizer(
-            prepared, add_special_tokens=True, truncation=False, verbose=False
-        )["input_ids"]
+        ids = [enc.ids for enc in self.tokenizer.encode_batch(prepared, add_special_tokens=True)]
         for i, row in enumerate(ids):
             if len(row) > self.max_length:
                 raise InputTooLongError(i, len(row), self.max_length)

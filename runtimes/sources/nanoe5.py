@@ -32,10 +32,12 @@ import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported only to convert; a cache hit needs none of it
+    import torch
 
 SOURCE_FILE = "e5-small-q4.bin"
 MANIFEST = "manifest.json"
@@ -152,6 +154,8 @@ def dequant_q4_0(raw: bytes, n: int) -> np.ndarray:
 
 def load_tensor(f: E5File, name: str, shape: tuple[int, ...]) -> torch.Tensor:
     """One tensor as float32 torch, dequantising Q4_0 ones."""
+    import torch
+
     t = f.tensors[name]
     raw = f.data[t.offset : t.offset + t.nbytes]
     if t.dtype == 1:
@@ -193,6 +197,8 @@ def bert_config(f: E5File) -> Any:
 
 def _state_dict(f: E5File) -> dict[str, torch.Tensor]:
     """Map the engine's tensor names onto BertModel's parameter names."""
+    import torch
+
     h = f.header
     H, FF = h["H"], h["FF"]
     sd = {
@@ -502,13 +508,15 @@ def engine_token_count(text: str) -> int:
 # --------------------------------------------------------------------------- verification
 
 
-@torch.inference_mode()
 def hf_embeddings(model: Any, tokenizer: Any, texts: list[str], batch_size: int = 32) -> np.ndarray:
     """Converted model, fp32: mean pooling over the attention mask, then L2 norm (the e5 recipe)."""
+    import torch
+
     chunks = []
     for i in range(0, len(texts), batch_size):
         enc = tokenizer(texts[i : i + batch_size], padding=True, truncation=True, return_tensors="pt")
-        hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
+        with torch.inference_mode():
+            hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
         chunks.append(torch.nn.functional.normalize(pooled.float(), dim=-1).numpy())
@@ -521,6 +529,7 @@ def verify_conversion(model_dir: Path, texts: list[str]) -> dict[str, Any]:
     Texts longer than 512 tokens are windowed by the engine but truncated by the HF model, so
     keep verification texts short; token counts are compared untruncated.
     """
+    import torch
     from transformers import AutoModel, AutoTokenizer
 
     model = AutoModel.from_pretrained(str(model_dir), dtype=torch.float32).eval()

@@ -102,3 +102,32 @@ def test_plan_batches_limits_padding():
     padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
     arrival = sum(32 * max(lengths[i : i + 32]) for i in range(0, 256, 32))
     assert padded < 0.7 * arrival
+
+
+TRICKY = [
+    "Hello, World!",
+    "query: Ünïcödé façade — naïve café",
+    "passage: 東京は日本の首都です。",
+    "Москва — столица России.",
+    "literal <s> and </s> and [CLS] tokens",
+    "tabs\tand  double  spaces",
+    "emoji 🙂 and ＦＵＬＬＷＩＤＴＨ",
+]
+
+
+@pytest.mark.parametrize("model", ["minilm", "e5"])
+def test_tokens_match_transformers(model, request):
+    """The runtime's tokenizer (tokenizers alone) counts exactly like transformers' own."""
+    from transformers import AutoTokenizer
+
+    from runtimes.catalog import resolve_model_dir
+
+    encoder = request.getfixturevalue(f"{model}_onnx")
+    spec = request.getfixturevalue("catalog").get(
+        "all-MiniLM-L6-v2" if model == "minilm" else "multilingual-e5-small"
+    )
+    reference = AutoTokenizer.from_pretrained(str(resolve_model_dir(spec)))
+    texts = [encoder._with_prefix(t) for t in [*TRICKY, *MIXED[:5]]]
+    expected = reference(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    assert encoder.tokenize(texts) == expected
+    assert encoder.pad_id == reference.pad_token_id
