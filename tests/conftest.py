@@ -19,29 +19,27 @@ def catalog():
     return load_catalog(ROOT / "configs" / "models.yaml")
 
 
-@pytest.fixture(scope="session")
-def minilm_onnx(catalog):
+def _encoder(catalog, model: str, engine: str):
     from runtimes.loader import load_text_encoder
 
-    return load_text_encoder(catalog.get("all-MiniLM-L6-v2"), engine="onnx", threads=2)
+    return load_text_encoder(catalog.get(model), engine=engine, threads=2)
+
+
+@pytest.fixture(scope="session")
+def minilm_onnx(catalog):
+    return _encoder(catalog, "all-MiniLM-L6-v2", "onnx")
 
 
 @pytest.fixture(scope="session")
 def minilm_torch(catalog):
-    from runtimes.loader import load_text_encoder
-
-    return load_text_encoder(catalog.get("all-MiniLM-L6-v2"), engine="torch", threads=2)
+    return _encoder(catalog, "all-MiniLM-L6-v2", "torch")
 
 
 @pytest.fixture(scope="session")
 def e5_onnx(catalog):
-    from runtimes.loader import load_text_encoder
-
-    return load_text_encoder(catalog.get("multilingual-e5-small"), engine="onnx", threads=2)
+    return _encoder(catalog, "multilingual-e5-small", "onnx")
 
 
 @pytest.fixture(scope="session")
 def e5_torch(catalog):
-    from runtimes.loader import load_text_encoder
-
-    return load_text_encoder(catalog.get("multilingual-e5-small"), engine="torch", threads=2)
+    return _encoder(catalog, "multilingual-e5-small", "torch")
