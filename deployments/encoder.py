@@ -49,14 +49,13 @@ def _batch_weight(jobs: list[EncodeJob]) -> int:
 @serve.deployment(ray_actor_options={"num_cpus": 1.0}, max_ongoing_requests=128)
 class TextEncoderDeployment:
     def __init__(self, spec: dict[str, Any], engine: str = "onnx", threads: int | None = None) -> None:
-        from runtimes.loader import load_text_encoder  # torch/transformers: only inside the replica
+        from runtimes.loader import load_text_encoder  # engine imports stay out of the app builder
 
         self.spec = ModelSpec.model_validate(spec)
         threads = threads or int(os.environ.get("INFERGRAPH_ENGINE_THREADS", os.cpu_count() or 1))
-        self.engine_kind = engine
         self.encoder = load_text_encoder(self.spec, engine=engine, threads=threads)  # type: ignore[arg-type]
         self.config = BatchingConfig()
-        self.stats = Counter[str]()  # calls, requests, batches, sentences: is batching doing its job?
+        self.stats = Counter[str]()  # requests, coalesced_calls, batches, sentences: is batching working?
         self.encoder.encode(["warm-up sentence so the first real request is not slow"])
         log.info("%s ready on %s (base model, no registry variant)", self.spec.name, self.encoder.engine.name)
 
