@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Peer benchmark side by side, in one run: Infinity (ONNX INT8), naive FastAPI, naive Ray Serve and
 # infergraph, same frozen corpus and the peers' own load generator (../shared/bench/peers).
-#   bash bench/peers.sh            # ~15 min; needs the peers' one-time setup (their setup.sh)
+#   bash bench/peers.sh            # ~25 min; needs the peers' one-time setup (their setup.sh)
 # Results: $PEERS/results/side_by_side.jsonl and a markdown table on stdout.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
