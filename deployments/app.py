@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 from ray.serve import Application
@@ -21,7 +21,7 @@ class AppArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
     catalog: str = "configs/models.yaml"
     models: list[str] = ["all-MiniLM-L6-v2", "multilingual-e5-small"]
-    engine: str = "onnx"
+    engine: Literal["onnx", "torch"] = "onnx"
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
 
