@@ -14,6 +14,8 @@ import aiohttp
 import numpy as np
 import orjson
 
+DEV_KEY = "sk-ig-dev"  # the development tenant of configs/tenants.yaml
+
 
 @dataclass
 class LoadResult:
@@ -40,6 +42,7 @@ async def closed_loop(
     concurrency: int,
     duration_s: float,
     warmup_s: float,
+    api_key: str = DEV_KEY,
 ) -> LoadResult:
     """Run the load; only requests that finish inside the measured window count."""
     counter = 0
@@ -72,7 +75,7 @@ async def closed_loop(
                 result.errors += 1
                 result.last_error = raw[:300].decode(errors="replace")
 
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"}
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(
         connector=aiohttp.TCPConnector(limit=0), headers=headers, timeout=timeout

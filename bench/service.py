@@ -20,6 +20,8 @@ from pathlib import Path
 import httpx
 import yaml
 
+from bench.loadgen import DEV_KEY
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "serve.yaml"
 
@@ -60,7 +62,8 @@ class RunningService:
                 raise TimeoutError(f"service not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
             with contextlib.suppress(httpx.HTTPError):
                 body = {"model": pending[0], "input": "ready?"}
-                r = httpx.post(f"{self.base_url}/v1/embeddings", json=body, timeout=10)
+                auth = {"Authorization": f"Bearer {DEV_KEY}"}
+                r = httpx.post(f"{self.base_url}/v1/embeddings", json=body, headers=auth, timeout=10)
                 if r.status_code == 200:
                     pending.pop(0)
                     continue

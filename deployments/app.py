@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict
 from ray.serve import Application
 
 from deployments.encoder import TextEncoderDeployment
-from deployments.router import DEFAULT_MAX_BODY_BYTES, Router
+from deployments.router import DEFAULT_MAX_BODY_BYTES, AdmissionConfig, Router
+from deployments.tenants import load_tenants
 from runtimes.catalog import load_catalog
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -22,18 +23,28 @@ class AppArgs(BaseModel):
     catalog: str = "configs/models.yaml"
     models: list[str] = ["all-MiniLM-L6-v2", "multilingual-e5-small"]
     engine: Literal["onnx", "torch"] = "onnx"
+    tenants: str = "configs/tenants.yaml"
+    admission: AdmissionConfig = AdmissionConfig()
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+
+
+def project_path(path: str) -> Path:
+    """Relative paths are the project's: replicas do not share the CLI's working dir."""
+    return Path(path) if Path(path).is_absolute() else PROJECT_ROOT / path
 
 
 def build_app(args: dict[str, Any]) -> Application:
     opts = AppArgs.model_validate(args or {})
-    catalog_path = Path(opts.catalog)
-    if not catalog_path.is_absolute():
-        catalog_path = PROJECT_ROOT / catalog_path  # replicas do not share the CLI's working dir
-    catalog = load_catalog(catalog_path)
+    catalog = load_catalog(project_path(opts.catalog))
+    tenants = load_tenants(project_path(opts.tenants))  # a bad file fails here, not in a replica
     handles = {}
     for name in opts.models:
         spec = catalog.get(name).model_dump()
         deployment = TextEncoderDeployment.options(name=name)  # type: ignore[attr-defined]
         handles[name] = deployment.bind(spec, engine=opts.engine)
-    return Router.bind(handles, max_body_bytes=opts.max_body_bytes)  # type: ignore[attr-defined]
+    return Router.bind(  # type: ignore[attr-defined]
+        handles,
+        tenants=tenants.model_dump(mode="json"),
+        admission=opts.admission.model_dump(),
+        max_body_bytes=opts.max_body_bytes,
+    )

@@ -69,3 +69,6 @@ class EmbedResult:
     prompt_tokens: int = 0
     error: str | None = None
     error_param: str | None = None
+    deadline_exceeded: bool = False  # refused in the replica's queue: an overload, not a client error
+    batch_sentences: int = 0  # size of the batch it was computed in
+    compute_s: float = 0.0  # its share of that batch's compute time

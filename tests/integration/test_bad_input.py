@@ -1,8 +1,15 @@
 """Bad input gets an OpenAI-shaped 4xx, and the replica keeps serving afterwards."""
 
+from functools import partial
+
 import httpx
 import openai
 import pytest
+
+from bench.loadgen import DEV_KEY
+
+AUTH = {"Authorization": f"Bearer {DEV_KEY}"}
+post = partial(httpx.post, headers=AUTH)  # every call as the development tenant
 
 pytestmark = pytest.mark.integration
 
@@ -11,7 +18,7 @@ MINILM = "all-MiniLM-L6-v2"
 
 @pytest.fixture(scope="module")
 def client(service):
-    return openai.OpenAI(base_url=f"{service}/v1", api_key="unused-for-now", max_retries=0, timeout=60)
+    return openai.OpenAI(base_url=f"{service}/v1", api_key=DEV_KEY, max_retries=0, timeout=60)
 
 
 def assert_openai_error(r: httpx.Response, status: int, param: str | None = None) -> dict:
@@ -49,20 +56,20 @@ def test_sdk_raises_typed_errors(client):
     ],
 )
 def test_bad_bodies(service, body, param):
-    assert_openai_error(httpx.post(f"{service}/v1/embeddings", json=body, timeout=30), 400, param)
+    assert_openai_error(post(f"{service}/v1/embeddings", json=body, timeout=30), 400, param)
 
 
 def test_malformed_json(service):
-    r = httpx.post(f"{service}/v1/embeddings", content=b'{"model": "x", "input": ', timeout=30)
+    r = post(f"{service}/v1/embeddings", content=b'{"model": "x", "input": ', timeout=30)
     assert_openai_error(r, 400)
 
 
 def test_body_that_is_not_an_object(service):
-    assert_openai_error(httpx.post(f"{service}/v1/embeddings", content=b"[1, 2]", timeout=30), 400)
+    assert_openai_error(post(f"{service}/v1/embeddings", content=b"[1, 2]", timeout=30), 400)
 
 
 def test_oversize_body(service):
-    r = httpx.post(f"{service}/v1/embeddings", content=b"x" * (5 * 1024 * 1024), timeout=60)
+    r = post(f"{service}/v1/embeddings", content=b"x" * (5 * 1024 * 1024), timeout=60)
     assert_openai_error(r, 413)
 
 

@@ -7,6 +7,10 @@ import numpy as np
 import openai
 import pytest
 
+from bench.loadgen import DEV_KEY
+
+AUTH = {"Authorization": f"Bearer {DEV_KEY}"}
+
 pytestmark = pytest.mark.integration
 
 MINILM, E5 = "all-MiniLM-L6-v2", "multilingual-e5-small"
@@ -14,7 +18,7 @@ MINILM, E5 = "all-MiniLM-L6-v2", "multilingual-e5-small"
 
 @pytest.fixture(scope="module")
 def client(service):
-    return openai.OpenAI(base_url=f"{service}/v1", api_key="unused-for-now", max_retries=0, timeout=60)
+    return openai.OpenAI(base_url=f"{service}/v1", api_key=DEV_KEY, max_retries=0, timeout=60)
 
 
 def vectors(resp) -> np.ndarray:

@@ -4,11 +4,17 @@ import os
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import httpx
 import pytest
 import yaml
+
+from bench.loadgen import DEV_KEY
+
+AUTH = {"Authorization": f"Bearer {DEV_KEY}"}
+post = partial(httpx.post, headers=AUTH)  # every call as the development tenant
 
 pytestmark = pytest.mark.integration
 
@@ -22,9 +28,7 @@ def card(base_url: str) -> dict:
 def test_user_config_changes_live(running_service, tmp_path):
     base = running_service.base_url
     for _ in range(5):
-        httpx.post(
-            f"{base}/v1/embeddings", json={"model": MINILM, "input": "warm"}, timeout=30
-        ).raise_for_status()
+        post(f"{base}/v1/embeddings", json={"model": MINILM, "input": "warm"}, timeout=30).raise_for_status()
     before = card(base)
     assert before["batching"]["max_batch_sentences"] == 64
     served_before = before["stats"]["requests"]
@@ -52,5 +56,5 @@ def test_user_config_changes_live(running_service, tmp_path):
         time.sleep(1)
     assert now["batching"]["batch_wait_timeout_s"] == 0.001
     assert now["stats"]["requests"] >= served_before, "the replica restarted instead of reconfiguring"
-    r = httpx.post(f"{base}/v1/embeddings", json={"model": MINILM, "input": "after"}, timeout=30)
+    r = post(f"{base}/v1/embeddings", json={"model": MINILM, "input": "after"}, timeout=30)
     assert r.status_code == 200

@@ -1,0 +1,208 @@
+"""Admission control for one model: bounded per-tier queues, deadlines and a cap on work in flight.
+
+Ray's own queues (handle, replica) are FIFO, so the router keeps requests here until the model
+deployment has room: at most `max_in_flight` sentences per replica are out at once (about two of
+its batches: one computing, one filling) in at most `max_calls_per_replica` calls. Waiting therefore
+happens where priority still applies, and under load the queued requests leave in groups, one call
+each, which saves the per-call overhead of Serve's handles.
+
+Dispatch rule (strict priority with a starvation guard): the next request comes from the most
+urgent non-empty tier, FIFO within a tier, except that a waiting tier passed over `starvation_guard`
+times in a row goes next. So under any overload a waiting lower tier still gets at least one of
+every `starvation_guard + 1` dispatches, while premium keeps the rest.
+
+Refusals happen before a request costs compute: a full tier queue (429), or a deadline that the
+current backlog makes unreachable (503), both with the seconds after which a retry may succeed.
+Queued requests whose deadline passes are failed at dispatch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from deployments.tenants import Rejection, Tier, TierPolicy
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One admitted request waiting for (or riding in) a call to the model deployment."""
+
+    texts: list[str]
+    tier: Tier
+    deadline: float  # time.time() instant
+    enqueued: float
+    future: asyncio.Future = field(repr=False)
+    dispatched: float | None = None
+
+    @property
+    def sentences(self) -> int:
+        return len(self.texts)
+
+    @property
+    def queued_s(self) -> float:
+        """Time spent waiting in the router's queue (0 until dispatched)."""
+        return (self.dispatched or self.enqueued) - self.enqueued
+
+
+Send = Callable[[list[Ticket]], Awaitable[list[Any]]]
+
+
+class ServiceRate:
+    """Seconds per sentence while the model is busy, from the spacing of completions (EWMA)."""
+
+    def __init__(self, prior_s: float, alpha: float = 0.2) -> None:
+        self.seconds_per_sentence = prior_s
+        self.alpha = alpha
+        self.last_completion: float | None = None
+
+    def completed(self, sentences: int, now: float, busy: bool) -> None:
+        if busy and self.last_completion is not None and sentences:
+            sample = (now - self.last_completion) / sentences
+            self.seconds_per_sentence += self.alpha * (sample - self.seconds_per_sentence)
+        self.last_completion = now if busy else None
+
+
+class ModelQueue:
+    """The router's queue for one model deployment."""
+
+    def __init__(
+        self,
+        send: Send,
+        tiers: dict[Tier, TierPolicy],
+        max_in_flight_per_replica: int = 128,
+        max_calls_per_replica: int = 4,
+        max_group_sentences: int = 64,
+        max_group_requests: int = 32,
+        starvation_guard: int = 8,
+        prior_s_per_sentence: float = 0.01,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.send, self.tiers, self.clock = send, tiers, clock
+        self.max_in_flight_per_replica = max_in_flight_per_replica
+        self.max_calls_per_replica = max_calls_per_replica
+        self.max_group_sentences, self.max_group_requests = max_group_sentences, max_group_requests
+        self.starvation_guard = starvation_guard
+        self.replicas = 1
+        self.queues: dict[Tier, deque[Ticket]] = {t: deque() for t in Tier}
+        self.passed_over = dict.fromkeys(Tier, 0)
+        self.in_flight_sentences = 0
+        self.in_flight_calls = 0
+        self.rate = ServiceRate(prior_s_per_sentence)
+        self.on_dispatch: Callable[[Ticket], None] = lambda _: None
+        self.on_expired: Callable[[Ticket], None] = lambda _: None
+        self.on_cancelled: Callable[[Ticket], None] = lambda _: None
+
+    # --- what the router asks -------------------------------------------------------------------
+    @property
+    def max_in_flight(self) -> int:
+        return self.max_in_flight_per_replica * max(1, self.replicas)
+
+    @property
+    def max_calls(self) -> int:
+        return self.max_calls_per_replica * max(1, self.replicas)
+
+    def has_room(self) -> bool:
+        return self.in_flight_sentences < self.max_in_flight and self.in_flight_calls < self.max_calls
+
+    def depth(self, tier: Tier | None = None) -> int:
+        return sum(len(q) for t, q in self.queues.items() if tier in (None, t))
+
+    def estimated_wait_s(self, tier: Tier, extra_sentences: int = 0) -> float:
+        """Time to clear what is ahead of a `tier` request: queued work of its tier and above,
+        plus work in flight, at the measured rate (completions of all replicas together)."""
+        ahead = sum(t.sentences for tr in Tier if tr.rank <= tier.rank for t in self.queues[tr])
+        work = ahead + self.in_flight_sentences + extra_sentences
+        return work * self.rate.seconds_per_sentence
+
+    async def submit(self, texts: list[str], tier: Tier, deadline: float) -> tuple[Any, Ticket]:
+        """Queue one request; returns the deployment's answer and the ticket (for its timings).
+
+        Raises `Rejection` (full queue, unreachable or passed deadline). If the caller is
+        cancelled (client went away) while the request waits, it leaves the queue.
+        """
+        now = self.clock()
+        queue = self.queues[tier]
+        if len(queue) >= self.tiers[tier].queue_limit:
+            raise Rejection(
+                429, "queue_full", f"the {tier} queue for this model is full", self.estimated_wait_s(tier)
+            )
+        wait = self.estimated_wait_s(tier, extra_sentences=len(texts))
+        if now + wait > deadline:
+            budget_ms = (deadline - now) * 1000
+            message = f"the backlog (~{wait * 1000:.0f} ms) exceeds the deadline ({budget_ms:.0f} ms)"
+            raise Rejection(503, "deadline_exceeded", message, wait)
+        ticket = Ticket(texts, tier, deadline, now, asyncio.get_running_loop().create_future())
+        queue.append(ticket)
+        self.pump()
+        try:
+            return await ticket.future, ticket
+        except asyncio.CancelledError:
+            if ticket in queue:  # not yet dispatched
+                queue.remove(ticket)
+                self.on_cancelled(ticket)
+            raise
+
+    # --- dispatch -------------------------------------------------------------------------------
+    def pump(self) -> None:
+        """Send groups of queued requests while the deployment has room."""
+        while self.has_room() and self.depth():
+            group = self._take_group(self.max_in_flight - self.in_flight_sentences)
+            if group:
+                self.in_flight_sentences += sum(t.sentences for t in group)
+                self.in_flight_calls += 1
+                asyncio.get_running_loop().create_task(self._call(group))
+
+    def _take_group(self, room: int) -> list[Ticket]:
+        group: list[Ticket] = []
+        sentences = 0
+        limit = min(room, self.max_group_sentences)
+        while self.depth() and len(group) < self.max_group_requests:
+            tier = self._next_tier()
+            head = self.queues[tier][0]
+            if group and sentences + head.sentences > limit:
+                break
+            self.queues[tier].popleft()
+            now = self.clock()
+            if head.deadline < now + head.sentences * self.rate.seconds_per_sentence:
+                self.on_expired(head)
+                head.future.set_exception(
+                    Rejection(503, "deadline_exceeded", "the deadline passed while the request was queued", 1)
+                )
+                continue
+            head.dispatched = now
+            self.on_dispatch(head)
+            group.append(head)
+            sentences += head.sentences
+        return group
+
+    def _next_tier(self) -> Tier:
+        waiting = [t for t in Tier if self.queues[t]]
+        starving = [t for t in waiting[1:] if self.passed_over[t] >= self.starvation_guard]
+        chosen = starving[0] if starving else waiting[0]
+        for t in waiting:
+            self.passed_over[t] = 0 if t == chosen else self.passed_over[t] + (t.rank > chosen.rank)
+        return chosen
+
+    async def _call(self, group: list[Ticket]) -> None:
+        sentences = sum(t.sentences for t in group)
+        try:
+            results = await self.send(group)
+        except Exception as exc:
+            for t in group:
+                if not t.future.done():
+                    t.future.set_exception(exc)
+        else:
+            for t, result in zip(group, results, strict=True):
+                if not t.future.done():
+                    t.future.set_result(result)
+        finally:
+            self.in_flight_sentences -= sentences
+            self.in_flight_calls -= 1
+            busy = self.in_flight_calls > 0 or self.depth() > 0
+            self.rate.completed(sentences, self.clock(), busy)
+            self.pump()

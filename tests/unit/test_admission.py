@@ -1,0 +1,179 @@
+"""The router's per-model queue: priority, starvation guard, deadlines, full queues, cancellation.
+
+A stand-in deployment (`FakeModel`) records what was sent and answers only when the test says so.
+"""
+
+import asyncio
+
+import pytest
+
+from deployments.admission import ModelQueue
+from deployments.tenants import Rejection, Tier, TierPolicy
+
+TIERS = {t: TierPolicy(deadline_ms=10_000, queue_limit=4) for t in Tier}
+
+
+class FakeModel:
+    """Stand-in for a model deployment: each call waits until the test releases it."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.release = asyncio.Event()
+
+    async def send(self, group):
+        self.calls.append([t.texts[0] for t in group])
+        await self.release.wait()
+        return [f"vec:{t.texts[0]}" for t in group]
+
+
+def queue(model: FakeModel, **kw) -> ModelQueue:
+    kw.setdefault("max_calls_per_replica", 1)
+    kw.setdefault("max_group_requests", 1)
+    return ModelQueue(model.send, TIERS, **kw)
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def far() -> float:
+    import time
+
+    return time.time() + 60
+
+
+def test_premium_overtakes_queued_batch_work():
+    async def scenario():
+        model = FakeModel()
+        q = queue(model)
+        first = asyncio.create_task(q.submit(["busy"], Tier.batch, far()))
+        await settle()  # "busy" holds the only call slot
+        batch = [asyncio.create_task(q.submit([f"b{i}"], Tier.batch, far())) for i in range(3)]
+        await settle()
+        premium = asyncio.create_task(q.submit(["p"], Tier.premium, far()))
+        await settle()
+        model.release.set()
+        results = await asyncio.gather(first, premium, *batch)
+        assert [r for r, _ in results][:2] == ["vec:busy", "vec:p"]
+        return model.calls
+
+    calls = asyncio.run(scenario())
+    assert calls[:2] == [["busy"], ["p"]], "premium must leave before batch work that queued earlier"
+
+
+def test_starvation_guard_lets_a_lower_tier_through():
+    async def scenario():
+        model = FakeModel()
+        q = queue(model, starvation_guard=2)
+        q.tiers = {t: TierPolicy(deadline_ms=10_000, queue_limit=100) for t in Tier}
+        tasks = [asyncio.create_task(q.submit(["busy"], Tier.premium, far()))]
+        await settle()
+        tasks.append(asyncio.create_task(q.submit(["batch"], Tier.batch, far())))
+        tasks += [asyncio.create_task(q.submit([f"p{i}"], Tier.premium, far())) for i in range(6)]
+        await settle()
+        model.release.set()
+        await asyncio.gather(*tasks)
+        return [c[0] for c in model.calls]
+
+    order = asyncio.run(scenario())
+    assert order.index("batch") == 3, f"batch goes after two premium dispatches: {order}"
+
+
+def test_full_queue_answers_429_with_retry_after():
+    async def scenario():
+        model = FakeModel()
+        q = queue(model)
+        # one goes out, four wait: the batch queue is full
+        tasks = [asyncio.create_task(q.submit([f"r{i}"], Tier.batch, far())) for i in range(5)]
+        await settle()
+        with pytest.raises(Rejection) as info:
+            await q.submit(["one too many"], Tier.batch, far())
+        premium = asyncio.create_task(q.submit(["p"], Tier.premium, far()))  # other tiers still get in
+        model.release.set()
+        await asyncio.gather(premium, *tasks)
+        return info.value
+
+    refusal = asyncio.run(scenario())
+    assert (refusal.status, refusal.code) == (429, "queue_full")
+    assert int(refusal.retry_after) >= 1
+
+
+def test_unreachable_deadline_is_refused_before_any_compute():
+    async def scenario():
+        model = FakeModel()
+        q = queue(model, prior_s_per_sentence=0.5)
+        busy = asyncio.create_task(q.submit(["x"] * 10, Tier.batch, far()))  # ~5 s of work in flight
+        await settle()
+        import time
+
+        with pytest.raises(Rejection) as info:
+            await q.submit(["urgent"], Tier.premium, time.time() + 1.0)
+        model.release.set()
+        await busy
+        return info.value, model.calls
+
+    refusal, calls = asyncio.run(scenario())
+    assert (refusal.status, refusal.code) == (503, "deadline_exceeded")
+    assert calls == [["x"]], "the refused request never reached the model"
+
+
+def test_deadline_passing_in_the_queue_fails_it_at_dispatch():
+    async def scenario():
+        import time
+
+        model = FakeModel()
+        q = queue(model, prior_s_per_sentence=0.0001)
+        busy = asyncio.create_task(q.submit(["busy"], Tier.batch, far()))
+        await settle()
+        late = asyncio.create_task(q.submit(["late"], Tier.standard, time.time() + 0.05))
+        await asyncio.sleep(0.1)
+        model.release.set()
+        await busy
+        with pytest.raises(Rejection) as info:
+            await late
+        return info.value, model.calls
+
+    refusal, calls = asyncio.run(scenario())
+    assert refusal.code == "deadline_exceeded"
+    assert ["late"] not in calls
+
+
+def test_client_that_goes_away_leaves_the_queue():
+    async def scenario():
+        model = FakeModel()
+        q = queue(model)
+        cancelled = []
+        q.on_cancelled = cancelled.append
+        busy = asyncio.create_task(q.submit(["busy"], Tier.batch, far()))
+        await settle()
+        gone = asyncio.create_task(q.submit(["gone"], Tier.batch, far()))
+        await settle()
+        assert q.depth() == 1
+        gone.cancel()
+        await settle()
+        depth = q.depth()
+        model.release.set()
+        await busy
+        return depth, cancelled, model.calls
+
+    depth, cancelled, calls = asyncio.run(scenario())
+    assert depth == 0 and len(cancelled) == 1
+    assert calls == [["busy"]], "cancelled work is never sent"
+
+
+def test_queued_requests_leave_in_one_grouped_call():
+    async def scenario():
+        model = FakeModel()
+        q = ModelQueue(model.send, TIERS, max_calls_per_replica=1, max_group_requests=8)
+        busy = asyncio.create_task(q.submit(["busy"], Tier.standard, far()))
+        await settle()
+        waiting = [asyncio.create_task(q.submit([f"s{i}"], Tier.standard, far())) for i in range(4)]
+        await settle()
+        model.release.set()
+        results = await asyncio.gather(busy, *waiting)
+        return [r for r, _ in results], model.calls
+
+    results, calls = asyncio.run(scenario())
+    assert calls == [["busy"], ["s0", "s1", "s2", "s3"]]
+    assert results == ["vec:busy", "vec:s0", "vec:s1", "vec:s2", "vec:s3"], "each caller gets its own answer"

@@ -1,0 +1,82 @@
+"""The replica's priority batcher: urgent work first, expired work never computed."""
+
+import asyncio
+import time
+
+import pytest
+
+from runtimes.batching import DeadlineExceededError, PriorityBatcher
+
+
+def test_premium_goes_into_the_next_batch_ahead_of_queued_batch_work():
+    batches: list[list[str]] = []
+
+    async def run(items):
+        batches.append(items)
+        await asyncio.sleep(0.05)
+        return [i.upper() for i in items]
+
+    async def scenario():
+        b = PriorityBatcher(run, max_weight=2, wait_s=0.0)
+        first = asyncio.create_task(b.submit("first", 1, rank=2))
+        await asyncio.sleep(0.01)  # "first" is computing; the rest queue up behind it
+        queued = [asyncio.create_task(b.submit(f"batch{i}", 1, rank=2)) for i in range(4)]
+        await asyncio.sleep(0)
+        premium = asyncio.create_task(b.submit("premium", 1, rank=0))
+        results = await asyncio.gather(first, premium, *queued)
+        assert results[1] == "PREMIUM"
+
+    asyncio.run(scenario())
+    assert batches[0] == ["first"]
+    assert batches[1][0] == "premium", batches
+
+
+def test_work_past_its_deadline_is_failed_without_compute():
+    computed: list[str] = []
+
+    async def run(items):
+        computed.extend(items)
+        await asyncio.sleep(0.05)
+        return items
+
+    async def scenario():
+        b = PriorityBatcher(run, max_weight=1, wait_s=0.0)
+        busy = asyncio.create_task(b.submit("busy", 1, rank=1))
+        await asyncio.sleep(0.01)
+        late = asyncio.create_task(b.submit("late", 1, rank=1, deadline=time.time() + 0.01))
+        await busy
+        with pytest.raises(DeadlineExceededError):
+            await late
+
+    asyncio.run(scenario())
+    assert computed == ["busy"]
+
+
+def test_a_failing_batch_fails_its_requests_and_the_batcher_keeps_serving():
+    async def run(items):
+        if "bad" in items:
+            raise RuntimeError("engine error")
+        return items
+
+    async def scenario():
+        b = PriorityBatcher(run, max_weight=1, wait_s=0.0)
+        with pytest.raises(RuntimeError):
+            await b.submit("bad", 1, rank=1)
+        assert await b.submit("good", 1, rank=1) == "good"
+
+    asyncio.run(scenario())
+
+
+def test_batches_fill_by_weight():
+    batches: list[list[str]] = []
+
+    async def run(items):
+        batches.append(items)
+        return items
+
+    async def scenario():
+        b = PriorityBatcher(run, max_weight=4, wait_s=0.05)
+        await asyncio.gather(*(b.submit(f"r{i}", 2, rank=1) for i in range(4)))
+
+    asyncio.run(scenario())
+    assert [len(x) for x in batches] == [2, 2], "two 2-sentence requests per 4-sentence batch"
