@@ -16,7 +16,11 @@ mkdir -p "$(dirname "$OUT")"
 
 cd "$ROOT"
 export RAY_TMPDIR="${RAY_TMPDIR:-/tmp/ig-peers-ray}"
-uv run serve run configs/serve.yaml >"$PEERS/logs/infergraph.log" 2>&1 &
+# The peers' load generator sends no API key: serve configs/serve.yaml unchanged except that keyless
+# requests count as the `dev` tenant (they still pass rate limits, admission queues and metrics).
+CONFIG="$PEERS/infergraph-serve.yaml"
+uv run python -m bench.open_config configs/serve.yaml "$CONFIG"
+uv run serve run "$CONFIG" >"$PEERS/logs/infergraph.log" 2>&1 &
 SERVE_PID=$!
 trap 'kill -TERM $SERVE_PID 2>/dev/null; wait $SERVE_PID 2>/dev/null' EXIT
 T0=$SECONDS

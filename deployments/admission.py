@@ -113,11 +113,12 @@ class ModelQueue:
         return sum(len(q) for t, q in self.queues.items() if tier in (None, t))
 
     def estimated_wait_s(self, tier: Tier, extra_sentences: int = 0) -> float:
-        """Time to clear what is ahead of a `tier` request: queued work of its tier and above,
-        plus work in flight, at the measured rate (completions of all replicas together)."""
+        """Time to clear what is ahead of a `tier` request, at the measured rate (completions of all
+        replicas together): queued work of its tier and above, plus the batch each replica is
+        computing. Other work in flight does not count: the replica's batcher also serves by tier."""
         ahead = sum(t.sentences for tr in Tier if tr.rank <= tier.rank for t in self.queues[tr])
-        work = ahead + self.in_flight_sentences + extra_sentences
-        return work * self.rate.seconds_per_sentence
+        computing = min(self.in_flight_sentences, self.max_group_sentences * max(1, self.replicas))
+        return (ahead + computing + extra_sentences) * self.rate.seconds_per_sentence
 
     async def submit(self, texts: list[str], tier: Tier, deadline: float) -> tuple[Any, Ticket]:
         """Queue one request; returns the deployment's answer and the ticket (for its timings).

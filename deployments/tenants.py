@@ -16,7 +16,7 @@ from enum import StrEnum
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Tier(StrEnum):
@@ -88,6 +88,9 @@ class TenantsConfig(BaseModel):
     price_per_replica_hour: float = Field(ge=0, description="what one model replica costs, for cost reports")
     tiers: dict[Tier, TierPolicy]
     tenants: list[TenantConfig]
+    anonymous_tenant: str | None = Field(
+        default=None, description="tenant for requests without a key (benchmarks whose clients send none)"
+    )
 
     @field_validator("tiers")
     @classmethod
@@ -105,6 +108,12 @@ class TenantsConfig(BaseModel):
             if len(values) != len(set(values)):
                 raise ValueError(f"two tenants share a {attr}")
         return tenants
+
+    @model_validator(mode="after")
+    def _anonymous_is_a_tenant(self) -> TenantsConfig:
+        if self.anonymous_tenant and self.anonymous_tenant not in {t.name for t in self.tenants}:
+            raise ValueError(f"anonymous_tenant '{self.anonymous_tenant}' is not a tenant")
+        return self
 
 
 def hash_key(key: str) -> str:
@@ -182,10 +191,14 @@ class TenantRegistry:
         self.clock = clock
         now = clock()
         self.by_hash = {t.key_sha256: TenantState(t, now) for t in config.tenants}
+        by_name = {state.config.name: state for state in self.by_hash.values()}
+        self.anonymous = by_name.get(config.anonymous_tenant or "")
 
     def authenticate(self, authorization: str | None) -> TenantState:
         """`Authorization: Bearer <key>` -> tenant, or a 401 `Rejection`."""
         key = _bearer(authorization)
+        if key is None and self.anonymous is not None and not authorization:
+            return self.anonymous
         if key is None:
             raise Rejection(401, "missing_api_key", "send your API key as 'Authorization: Bearer <key>'", 0)
         state = self.by_hash.get(hash_key(key))

@@ -106,3 +106,12 @@ def test_shipped_config_matches_the_documented_keys():
         assert reg.authenticate(f"Bearer {key}").config.tier == tier
     assert reg.is_admin("Bearer sk-ig-admin")
     assert Tier.premium.rank < Tier.standard.rank < Tier.batch.rank
+
+
+def test_anonymous_requests_only_where_configured():
+    shipped = load_tenants(ROOT / "configs" / "tenants.yaml")
+    assert shipped.anonymous_tenant is None, "the default config must answer 401 without a key"
+    open_config = shipped.model_copy(update={"anonymous_tenant": "dev"})
+    assert TenantRegistry(open_config).authenticate(None).config.name == "dev"
+    with pytest.raises(ValueError):
+        TenantsConfig.model_validate({**shipped.model_dump(mode="json"), "anonymous_tenant": "nobody"})
