@@ -38,6 +38,7 @@ class Ticket:
     enqueued: float
     future: asyncio.Future = field(repr=False)
     dispatched: float | None = None
+    answered: float | None = None
 
     @property
     def sentences(self) -> int:
@@ -47,6 +48,11 @@ class Ticket:
     def queued_s(self) -> float:
         """Time spent waiting in the router's queue (0 until dispatched)."""
         return (self.dispatched or self.enqueued) - self.enqueued
+
+    @property
+    def model_s(self) -> float:
+        """Time the model deployment's handle call took (0 until answered)."""
+        return (self.answered or 0) - (self.dispatched or 0) if self.answered else 0.0
 
 
 Send = Callable[[list[Ticket]], Awaitable[list[Any]]]
@@ -198,7 +204,9 @@ class ModelQueue:
                 if not t.future.done():
                     t.future.set_exception(exc)
         else:
+            answered = self.clock()
             for t, result in zip(group, results, strict=True):
+                t.answered = answered
                 if not t.future.done():
                     t.future.set_result(result)
         finally:

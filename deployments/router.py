@@ -248,9 +248,11 @@ class Router:
             result.compute_s,
             result.batch_sentences,
         )
-        headers = {
+        headers = {  # where the time went, for clients and for bench/router_overhead.py
             "x-infergraph-tier": tier.value,
-            "x-infergraph-queue-ms": f"{ticket.queued_s * 1000:.1f}",
+            "x-infergraph-queue-ms": f"{ticket.queued_s * 1000:.2f}",
+            "x-infergraph-model-ms": f"{ticket.model_s * 1000:.2f}",
+            "x-infergraph-router-ms": f"{(finished - started) * 1000:.2f}",
         }
         return Response(embedding_payload(req, result), media_type="application/json", headers=headers)
 
