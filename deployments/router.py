@@ -163,10 +163,12 @@ class Router:
             await asyncio.sleep(self.admission.replica_refresh_s)
 
     def record_autoscaling_stats(self) -> dict[str, float]:
-        """Custom autoscaling metrics (Serve pulls them): the router's queue depth per model."""
+        """Custom autoscaling metrics (Serve pulls them when the Router has an autoscaling_config):
+        the router's queue per model, read by deployments/autoscaling.py."""
         stats: dict[str, float] = {}
         for name, queue in self.queues.items():
             stats[f"queued:{name}"] = queue.depth()
+            stats[f"queued_sentences:{name}"] = sum(t.sentences for q in queue.queues.values() for t in q)
             stats[f"in_flight:{name}"] = queue.in_flight_sentences
         return stats
 
