@@ -119,12 +119,16 @@ class ModelQueue:
         return sum(len(q) for t, q in self.queues.items() if tier in (None, t))
 
     def estimated_wait_s(self, tier: Tier, extra_sentences: int = 0) -> float:
-        """Time to clear what is ahead of a `tier` request, at the measured rate (completions of all
-        replicas together): queued work of its tier and above, plus the batch each replica is
-        computing. Other work in flight does not count: the replica's batcher also serves by tier."""
+        """Time until a new `tier` request of `extra_sentences` would be answered, at the measured
+        rate (completions of all replicas together): queued work of its tier and above, the batch
+        each replica is computing, then its own batch, which the replica fills up with whatever
+        else it holds. Other work in flight does not count: the replica's batcher also serves by tier.
+        """
         ahead = sum(t.sentences for tr in Tier if tr.rank <= tier.rank for t in self.queues[tr])
         computing = min(self.in_flight_sentences, self.max_group_sentences * max(1, self.replicas))
-        return (ahead + computing + extra_sentences) * self.rate.seconds_per_sentence
+        waiting_in_replica = self.in_flight_sentences - computing
+        own_batch = max(extra_sentences, min(waiting_in_replica + extra_sentences, self.max_group_sentences))
+        return (ahead + computing + own_batch) * self.rate.seconds_per_sentence
 
     async def submit(self, texts: list[str], tier: Tier, deadline: float) -> tuple[Any, Ticket]:
         """Queue one request; returns the deployment's answer and the ticket (for its timings).
