@@ -85,7 +85,8 @@ class LeastConnectionsRouter(FIFOMixin, RequestRouter):
     """Route each request to the replica with the fewest requests outstanding from this handle.
 
     FIFOMixin: a replica found free goes to the oldest waiting request, as in the default router.
-    No locality or model-multiplexing preferences.
+    No locality or model-multiplexing preferences. A request counts from the moment its replica
+    accepts it, so requests routed in the same instant (a burst) all see the same counts.
     """
 
     def __init__(self, *args, **kwargs) -> None:
