@@ -86,6 +86,7 @@ class ModelQueue:
         max_group_requests: int = 32,
         starvation_guard: int = 8,
         prior_s_per_sentence: float = 0.01,
+        prior_call_s: float = 0.05,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.send, self.tiers, self.clock = send, tiers, clock
@@ -99,6 +100,7 @@ class ModelQueue:
         self.in_flight_sentences = 0
         self.in_flight_calls = 0
         self.rate = ServiceRate(prior_s_per_sentence)
+        self.call_s = dict.fromkeys(Tier, prior_call_s)  # recent model call time per tier (EWMA)
         self.on_dispatch: Callable[[Ticket], None] = lambda _: None
         self.on_expired: Callable[[Ticket], None] = lambda _: None
         self.on_cancelled: Callable[[Ticket], None] = lambda _: None
@@ -119,16 +121,15 @@ class ModelQueue:
         return sum(len(q) for t, q in self.queues.items() if tier in (None, t))
 
     def estimated_wait_s(self, tier: Tier, extra_sentences: int = 0) -> float:
-        """Time until a new `tier` request of `extra_sentences` would be answered, at the measured
-        rate (completions of all replicas together): queued work of its tier and above, the batch
-        each replica is computing, then its own batch, which the replica fills up with whatever
-        else it holds. Other work in flight does not count: the replica's batcher also serves by tier.
+        """Time until a new `tier` request of `extra_sentences` would be answered: the queued work
+        of its tier and above at the measured service rate, plus one model call.
+
+        A call's time is the fastest tier's recent average: the replica's batcher serves by tier,
+        so urgent work does not wait for everything in flight, and a tier that has been refused
+        for a while cannot lock itself out with a stale figure.
         """
         ahead = sum(t.sentences for tr in Tier if tr.rank <= tier.rank for t in self.queues[tr])
-        computing = min(self.in_flight_sentences, self.max_group_sentences * max(1, self.replicas))
-        waiting_in_replica = self.in_flight_sentences - computing
-        own_batch = max(extra_sentences, min(waiting_in_replica + extra_sentences, self.max_group_sentences))
-        return (ahead + computing + own_batch) * self.rate.seconds_per_sentence
+        return (ahead + extra_sentences) * self.rate.seconds_per_sentence + min(self.call_s.values())
 
     async def submit(self, texts: list[str], tier: Tier, deadline: float) -> tuple[Any, Ticket]:
         """Queue one request; returns the deployment's answer and the ticket (for its timings).
@@ -211,6 +212,7 @@ class ModelQueue:
             answered = self.clock()
             for t, result in zip(group, results, strict=True):
                 t.answered = answered
+                self.call_s[t.tier] += 0.2 * (t.model_s - self.call_s[t.tier])
                 if not t.future.done():
                     t.future.set_result(result)
         finally:

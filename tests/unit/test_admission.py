@@ -103,19 +103,22 @@ def test_unreachable_deadline_is_refused_before_any_compute():
     async def scenario():
         model = FakeModel()
         q = queue(model, prior_s_per_sentence=0.5)
-        busy = asyncio.create_task(q.submit(["x"] * 10, Tier.batch, far()))  # ~5 s of work in flight
+        busy = asyncio.create_task(q.submit(["x"], Tier.batch, far()))
+        await settle()
+        ahead = asyncio.create_task(q.submit(["y"] * 10, Tier.premium, far()))  # ~5 s of premium work queued
         await settle()
         import time
 
         with pytest.raises(Rejection) as info:
             await q.submit(["urgent"], Tier.premium, time.time() + 1.0)
+        relaxed = asyncio.create_task(q.submit(["relaxed"], Tier.premium, time.time() + 30))
         model.release.set()
-        await busy
+        await asyncio.gather(busy, ahead, relaxed)
         return info.value, model.calls
 
     refusal, calls = asyncio.run(scenario())
     assert (refusal.status, refusal.code) == (503, "deadline_exceeded")
-    assert calls == [["x"]], "the refused request never reached the model"
+    assert ["urgent"] not in calls and ["relaxed"] in calls, "only the request that cannot make it is refused"
 
 
 def test_deadline_passing_in_the_queue_fails_it_at_dispatch():
