@@ -5,6 +5,9 @@ batch-tier work waits its turn. This batcher keeps waiting work in a heap ordere
 deadline, arrival), so the next batch takes the most urgent work first, and work whose deadline
 has already passed is failed before it costs compute. Batches are filled by weight (sentences),
 like `serve.batch(batch_size_fn=...)`, and run one at a time: the model uses every core anyway.
+
+Express batches: a batch that starts with work of rank <= `express_rank` (premium) takes only such
+work, so urgent requests are not padded out with bulk work and come back after one small batch.
 """
 
 from __future__ import annotations
@@ -45,9 +48,11 @@ class PriorityBatcher(Generic[P, R]):
         run: Callable[[list[P]], Awaitable[list[R]]],
         max_weight: int,
         wait_s: float,
+        express_rank: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.run, self.max_weight, self.wait_s, self.clock = run, max_weight, wait_s, clock
+        self.express_rank = express_rank
         self._heap: list[_Waiting] = []
         self._seq = itertools.count()
         self._arrived = asyncio.Event()
@@ -100,6 +105,8 @@ class PriorityBatcher(Generic[P, R]):
                 continue
             if batch and weight + head.weight > self.max_weight:
                 break
+            if batch and batch[0].key[0] <= self.express_rank < head.key[0]:
+                break  # an express batch: no bulk work in it
             batch.append(heapq.heappop(self._heap))
             weight += head.weight
         return batch

@@ -80,3 +80,24 @@ def test_batches_fill_by_weight():
 
     asyncio.run(scenario())
     assert [len(x) for x in batches] == [2, 2], "two 2-sentence requests per 4-sentence batch"
+
+
+def test_a_premium_batch_is_not_padded_with_bulk_work():
+    batches: list[list[str]] = []
+
+    async def run(items):
+        batches.append(items)
+        await asyncio.sleep(0.02)
+        return items
+
+    async def scenario():
+        b = PriorityBatcher(run, max_weight=8, wait_s=0.0)
+        busy = asyncio.create_task(b.submit("busy", 1, rank=2))
+        await asyncio.sleep(0.005)
+        bulk = [asyncio.create_task(b.submit(f"bulk{i}", 2, rank=2)) for i in range(3)]
+        urgent = asyncio.create_task(b.submit("premium", 1, rank=0))
+        await asyncio.gather(busy, urgent, *bulk)
+
+    asyncio.run(scenario())
+    assert batches[1] == ["premium"], batches
+    assert batches[2] == ["bulk0", "bulk1", "bulk2"]
