@@ -6,10 +6,10 @@ its batches: one computing, one filling) in at most `max_calls_per_replica` call
 happens where priority still applies, and under load the queued requests leave in groups, one call
 each, which saves the per-call overhead of Serve's handles.
 
-Dispatch rule (strict priority with a starvation guard): the next request comes from the most
+Dispatch rule (strict priority with a starvation guard): the next call takes requests of the most
 urgent non-empty tier, FIFO within a tier, except that a waiting tier passed over `starvation_guard`
 times in a row goes next. So under any overload a waiting lower tier still gets at least one of
-every `starvation_guard + 1` dispatches, while premium keeps the rest.
+every `starvation_guard + 1` calls, while premium keeps the rest. A call carries one tier only.
 
 Refusals happen before a request costs compute: a full tier queue (429), or a deadline that the
 current backlog makes unreachable (503), both with the seconds after which a retry may succeed.
@@ -170,15 +170,17 @@ class ModelQueue:
                 asyncio.get_running_loop().create_task(self._call(group))
 
     def _take_group(self, room: int) -> list[Ticket]:
+        """One call's worth of queued requests, all of one tier: a call answers when its slowest
+        request is done, so urgent work never rides in a call with bulk work."""
+        queue = self.queues[self._next_tier()]
         group: list[Ticket] = []
         sentences = 0
         limit = min(room, self.max_group_sentences)
-        while self.depth() and len(group) < self.max_group_requests:
-            tier = self._next_tier()
-            head = self.queues[tier][0]
+        while queue and len(group) < self.max_group_requests:
+            head = queue[0]
             if group and sentences + head.sentences > limit:
                 break
-            self.queues[tier].popleft()
+            queue.popleft()
             now = self.clock()
             if head.deadline < now + head.sentences * self.rate.seconds_per_sentence:
                 self.on_expired(head)
