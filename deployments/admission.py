@@ -82,6 +82,7 @@ class ModelQueue:
         tiers: dict[Tier, TierPolicy],
         max_in_flight_per_replica: int = 128,
         max_calls_per_replica: int = 4,
+        express_calls_per_replica: int = 2,
         max_group_sentences: int = 64,
         max_group_requests: int = 32,
         starvation_guard: int = 8,
@@ -92,6 +93,7 @@ class ModelQueue:
         self.send, self.tiers, self.clock = send, tiers, clock
         self.max_in_flight_per_replica = max_in_flight_per_replica
         self.max_calls_per_replica = max_calls_per_replica
+        self.express_calls_per_replica = express_calls_per_replica
         self.max_group_sentences, self.max_group_requests = max_group_sentences, max_group_requests
         self.starvation_guard = starvation_guard
         self.replicas = 1
@@ -113,6 +115,10 @@ class ModelQueue:
     @property
     def max_calls(self) -> int:
         return self.max_calls_per_replica * max(1, self.replicas)
+
+    @property
+    def express_calls(self) -> int:
+        return self.express_calls_per_replica * max(1, self.replicas)
 
     def has_room(self) -> bool:
         return self.in_flight_sentences < self.max_in_flight and self.in_flight_calls < self.max_calls
@@ -162,17 +168,31 @@ class ModelQueue:
     # --- dispatch -------------------------------------------------------------------------------
     def pump(self) -> None:
         """Send groups of queued requests while the deployment has room."""
-        while self.has_room() and self.depth():
-            group = self._take_group(self.max_in_flight - self.in_flight_sentences)
+        while (tier := self._dispatchable_tier()) is not None:
+            room = max(self.max_in_flight - self.in_flight_sentences, 1)
+            group = self._take_group(tier, room)
             if group:
                 self.in_flight_sentences += sum(t.sentences for t in group)
                 self.in_flight_calls += 1
                 asyncio.get_running_loop().create_task(self._call(group))
 
-    def _take_group(self, room: int) -> list[Ticket]:
+    def _dispatchable_tier(self) -> Tier | None:
+        """The tier of the next call, or None while the deployment is full.
+
+        Premium has an express lane of `express_calls_per_replica` extra calls: it never waits in
+        the router behind bulk work already in flight (the replica's batcher puts it first)."""
+        if not self.depth():
+            return None
+        if self.has_room():
+            return self._next_tier()
+        if self.queues[Tier.premium] and self.in_flight_calls < self.max_calls + self.express_calls:
+            return Tier.premium
+        return None
+
+    def _take_group(self, tier: Tier, room: int) -> list[Ticket]:
         """One call's worth of queued requests, all of one tier: a call answers when its slowest
         request is done, so urgent work never rides in a call with bulk work."""
-        queue = self.queues[self._next_tier()]
+        queue = self.queues[tier]
         group: list[Ticket] = []
         sentences = 0
         limit = min(room, self.max_group_sentences)

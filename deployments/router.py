@@ -77,6 +77,7 @@ class AdmissionConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     max_in_flight_per_replica: int = Field(128, ge=1, description="sentences out at once per replica")
     max_calls_per_replica: int = Field(4, ge=1, description="calls out at once per replica")
+    express_calls_per_replica: int = Field(2, ge=0, description="extra calls only premium may use")
     max_group_sentences: int = Field(64, ge=1, description="sentences per grouped call")
     max_group_requests: int = Field(32, ge=1, description="requests per grouped call")
     starvation_guard: int = Field(8, ge=1, description="dispatches a waiting lower tier may be passed over")
@@ -132,6 +133,7 @@ class Router:
             self.tenants.config.tiers,
             max_in_flight_per_replica=cfg.max_in_flight_per_replica,
             max_calls_per_replica=cfg.max_calls_per_replica,
+            express_calls_per_replica=cfg.express_calls_per_replica,
             max_group_sentences=cfg.max_group_sentences,
             max_group_requests=cfg.max_group_requests,
             starvation_guard=cfg.starvation_guard,

@@ -28,6 +28,7 @@ class FakeModel:
 
 def queue(model: FakeModel, **kw) -> ModelQueue:
     kw.setdefault("max_calls_per_replica", 1)
+    kw.setdefault("express_calls_per_replica", 0)
     kw.setdefault("max_group_requests", 1)
     return ModelQueue(model.send, TIERS, **kw)
 
@@ -180,3 +181,21 @@ def test_queued_requests_leave_in_one_grouped_call():
     results, calls = asyncio.run(scenario())
     assert calls == [["busy"], ["s0", "s1", "s2", "s3"]]
     assert results == ["vec:busy", "vec:s0", "vec:s1", "vec:s2", "vec:s3"], "each caller gets its own answer"
+
+
+def test_premium_has_an_express_lane_past_a_full_deployment():
+    async def scenario():
+        model = FakeModel()
+        q = queue(model, express_calls_per_replica=1)
+        busy = asyncio.create_task(q.submit(["bulk"], Tier.batch, far()))
+        await settle()
+        more_bulk = asyncio.create_task(q.submit(["more bulk"], Tier.batch, far()))
+        premium = asyncio.create_task(q.submit(["p"], Tier.premium, far()))
+        await settle()
+        sent_while_full = list(model.calls)
+        model.release.set()
+        await asyncio.gather(busy, more_bulk, premium)
+        return sent_while_full
+
+    sent = asyncio.run(scenario())
+    assert sent == [["bulk"], ["p"]], "premium goes out at once; bulk waits for the deployment"
