@@ -58,19 +58,21 @@ class Ticket:
 Send = Callable[[list[Ticket]], Awaitable[list[Any]]]
 
 
-class ServiceRate:
-    """Seconds per sentence while the model is busy, from the spacing of completions (EWMA)."""
+class ComputeRate:
+    """Seconds of model compute per sentence (EWMA of what the replicas report per request).
 
-    def __init__(self, prior_s: float, alpha: float = 0.2) -> None:
+    Compute, not completion spacing: the replica's batcher serves urgent work first and in full
+    batches, so that is the rate at which the work ahead of an urgent request drains.
+    """
+
+    def __init__(self, prior_s: float, alpha: float = 0.1) -> None:
         self.seconds_per_sentence = prior_s
         self.alpha = alpha
-        self.last_completion: float | None = None
 
-    def completed(self, sentences: int, now: float, busy: bool) -> None:
-        if busy and self.last_completion is not None and sentences:
-            sample = (now - self.last_completion) / sentences
+    def observe(self, sentences: int, compute_s: float) -> None:
+        if sentences and compute_s > 0:
+            sample = compute_s / sentences
             self.seconds_per_sentence += self.alpha * (sample - self.seconds_per_sentence)
-        self.last_completion = now if busy else None
 
 
 class ModelQueue:
@@ -101,7 +103,7 @@ class ModelQueue:
         self.passed_over = dict.fromkeys(Tier, 0)
         self.in_flight_sentences = 0
         self.in_flight_calls = 0
-        self.rate = ServiceRate(prior_s_per_sentence)
+        self.rate = ComputeRate(prior_s_per_sentence)
         self.call_s = dict.fromkeys(Tier, prior_call_s)  # recent model call time per tier (EWMA)
         self.on_dispatch: Callable[[Ticket], None] = lambda _: None
         self.on_expired: Callable[[Ticket], None] = lambda _: None
@@ -128,14 +130,15 @@ class ModelQueue:
 
     def estimated_wait_s(self, tier: Tier, extra_sentences: int = 0) -> float:
         """Time until a new `tier` request of `extra_sentences` would be answered: the queued work
-        of its tier and above at the measured service rate, plus one model call.
+        of its tier and above at the replicas' measured compute rate, plus one model call.
 
         A call's time is the fastest tier's recent average: the replica's batcher serves by tier,
         so urgent work does not wait for everything in flight, and a tier that has been refused
         for a while cannot lock itself out with a stale figure.
         """
         ahead = sum(t.sentences for tr in Tier if tr.rank <= tier.rank for t in self.queues[tr])
-        return (ahead + extra_sentences) * self.rate.seconds_per_sentence + min(self.call_s.values())
+        drain_s = (ahead + extra_sentences) * self.rate.seconds_per_sentence / max(1, self.replicas)
+        return drain_s + min(self.call_s.values())
 
     async def submit(self, texts: list[str], tier: Tier, deadline: float) -> tuple[Any, Ticket]:
         """Queue one request; returns the deployment's answer and the ticket (for its timings).
@@ -240,6 +243,4 @@ class ModelQueue:
         finally:
             self.in_flight_sentences -= sentences
             self.in_flight_calls -= 1
-            busy = self.in_flight_calls > 0 or self.depth() > 0
-            self.rate.completed(sentences, self.clock(), busy)
             self.pump()

@@ -242,6 +242,7 @@ class Router:
             self.metrics.client_error(req.model, tier.value, name)
             raise ApiError(400, result.error, result.error_param, "context_length_exceeded")
         finished = time.time()
+        self.queues[req.model].rate.observe(ticket.sentences, result.compute_s)
         tenant.record_tokens(result.prompt_tokens, finished)
         self.metrics.answered(
             req.model,
