@@ -43,7 +43,7 @@ from typing import IO, Any
 import gevent
 import locust
 from gevent.pool import Group
-from locust import FastHttpUser, LoadTestShape, constant, constant_throughput, events, task
+from locust import FastHttpUser, LoadTestShape, constant, events, task
 from locust.env import Environment
 
 TIERS = ("premium", "standard", "batch")
@@ -128,6 +128,19 @@ def _load_corpus(path: str) -> list[str]:
     if not texts:
         raise ValueError(f"no texts in {path}")
     return texts
+
+
+def poisson_pacing(rps: float) -> Any:
+    """Like Locust's constant_throughput, but with exponential gaps: each user is a Poisson source of
+    `rps` requests/s (while its requests keep up), so users do not fire in lock-step bursts."""
+
+    def wait(user: Any) -> float:
+        now = time.monotonic()
+        next_start = max(getattr(user, "_next_start", now), now - 1 / rps) + user.rng.expovariate(rps)
+        user._next_start = next_start
+        return max(0.0, next_start - now)
+
+    return wait
 
 
 class TierUser(FastHttpUser):
@@ -346,7 +359,7 @@ def _on_init(environment: Environment, **_kw: Any) -> None:
         cls.weight = weight
         cls.fixed_count = max(0, getattr(opts, f"ig_{tier}_users"))
         rps = getattr(opts, f"ig_{tier}_rps")
-        cls.wait_time = constant_throughput(rps) if rps > 0 else constant(0)
+        cls.wait_time = poisson_pacing(rps) if rps > 0 else constant(0)
         cls.network_timeout = cls.connection_timeout = opts.ig_timeout_s
     if opts.ig_shape == "none":
         environment.shape_class = None
