@@ -6,7 +6,7 @@
 
 Runs `python -m locust -f loadtest/locustfile.py --headless --ig-shape overload` as a subprocess
 (Locust monkey-patches its process with gevent, which breaks Ray and torch, so it never runs in
-this one), with `--base-users` users (default 12: ~12 requests/s, ~110 sentences/s, about sustainable) for
+this one), with `--base-users` users (default 24: ~10 requests/s, ~100 sentences/s, about sustainable) for
 `--warmup-s`, `--factor` times as many for `--overload-s`, then the base again for
 `--recover-s`. Writes under results/overload/<timestamp>/: requests.jsonl (+ .meta.json) from
 the locustfile, Locust's own locust_*.csv, locust.json and locust.html, locust.log, serve.log,
@@ -187,7 +187,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--url", help="a running service (default: start one from --config)")
     ap.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
-    ap.add_argument("--base-users", type=int, default=12, help="about the sustainable load")
+    ap.add_argument("--base-users", type=int, default=24, help="about the sustainable load")
     ap.add_argument("--factor", type=float, default=3.0, help="users in the overload step, x base")
     ap.add_argument("--warmup-s", type=float, default=30.0)
     ap.add_argument("--overload-s", type=float, default=60.0)
