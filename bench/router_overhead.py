@@ -4,8 +4,10 @@
 
 Starts the service from configs/serve.yaml and sends single-sentence requests one at a time (no
 queueing). Each answer carries the router's own timings: `x-infergraph-router-ms` (handler entry to
-answer ready) and `x-infergraph-model-ms` (the model deployment's handle call, dispatch to result).
-Their difference is what the router adds over calling the model deployment's handle directly.
+answer ready), `x-infergraph-body-ms` (reading the request body, which Serve's FastAPI ingress
+fetches from the HTTP proxy with one more actor call: any FastAPI ingress on Serve pays it) and
+`x-infergraph-model-ms` (the model deployment's handle call, dispatch to result). What the router
+adds over an ingress that calls the model's handle directly is handler - body - handle call.
 The rest of the client-side latency is Serve's HTTP proxy and the hop into the router replica.
 """
 
@@ -37,7 +39,7 @@ def main() -> None:
     corpus = [json.loads(line)["text"] for line in (ROOT / "loadtest" / "corpus_en.jsonl").open()][:500]
     with console.status("starting the service"):
         service = start_service()
-    rows: dict[str, list[float]] = {"client": [], "router": [], "model": [], "added": []}
+    rows: dict[str, list[float]] = {"client": [], "router": [], "body": [], "model": [], "added": []}
     try:
         headers = {"Authorization": f"Bearer {DEV_KEY}"}
         with httpx.Client(base_url=service.base_url, headers=headers, timeout=30) as http:
@@ -50,10 +52,12 @@ def main() -> None:
                     continue
                 router_ms = float(r.headers["x-infergraph-router-ms"])
                 model_ms = float(r.headers["x-infergraph-model-ms"])
+                body_ms = float(r.headers["x-infergraph-body-ms"])
                 rows["client"].append(client_ms)
                 rows["router"].append(router_ms)
+                rows["body"].append(body_ms)
                 rows["model"].append(model_ms)
-                rows["added"].append(router_ms - model_ms)
+                rows["added"].append(router_ms - body_ms - model_ms)
     finally:
         service.stop()
     table = Table(title=f"{args.requests} sequential single-sentence requests, {args.model}")
@@ -62,8 +66,9 @@ def main() -> None:
     labels = {
         "client": "client round trip (proxy + router + model)",
         "router": "inside the router handler",
-        "model": "model deployment handle call",
-        "added": "router adds (handler - handle call)",
+        "body": "  of which: body fetched from Serve's proxy",
+        "model": "  of which: model deployment handle call",
+        "added": "router adds (handler - body - handle call)",
     }
     summary = {}
     for key, label in labels.items():
