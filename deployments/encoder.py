@@ -60,7 +60,7 @@ class TextEncoderDeployment:
         self.encoder = load_text_encoder(self.spec, engine=engine, threads=threads)  # type: ignore[arg-type]
         self.config = BatchingConfig()
         self.batcher = PriorityBatcher(self._encode_batch, self.config.max_batch_sentences, 0.004)
-        self.stats = Counter[str]()  # requests, coalesced_calls, batches, sentences: is batching working?
+        self.stats = Counter[str]()  # requests, grouped_calls, batches, sentences: is batching working?
         self.encoder.encode(["warm-up sentence so the first real request is not slow"])
         log.info("%s ready on %s (base model, no registry variant)", self.spec.name, self.encoder.engine.name)
 

@@ -30,13 +30,13 @@ def test_user_config_changes_live(running_service, tmp_path):
     for _ in range(5):
         post(f"{base}/v1/embeddings", json={"model": MINILM, "input": "warm"}, timeout=30).raise_for_status()
     before = card(base)
-    assert before["batching"]["max_batch_sentences"] == 32
+    assert before["batching"]["max_batch_sentences"] == 16
     served_before = before["stats"]["requests"]
 
     config = yaml.safe_load(running_service.config.read_text())
     for dep in config["applications"][0]["deployments"]:
         if dep["name"] == MINILM:
-            dep["user_config"]["max_batch_sentences"] = 24
+            dep["user_config"]["max_batch_sentences"] = 12
             dep["user_config"]["batch_wait_timeout_s"] = 0.001
     changed = tmp_path / "serve.yaml"
     changed.write_text(yaml.safe_dump(config))
@@ -51,7 +51,7 @@ def test_user_config_changes_live(running_service, tmp_path):
     )
 
     deadline = time.monotonic() + 120
-    while (now := card(base))["batching"]["max_batch_sentences"] != 24:
+    while (now := card(base))["batching"]["max_batch_sentences"] != 12:
         assert time.monotonic() < deadline, now
         time.sleep(1)
     assert now["batching"]["batch_wait_timeout_s"] == 0.001
