@@ -37,6 +37,7 @@ class Ticket:
     deadline: float  # time.time() instant
     enqueued: float
     future: asyncio.Future = field(repr=False)
+    tenant: str = ""
     dispatched: float | None = None
     answered: float | None = None
 
@@ -140,7 +141,9 @@ class ModelQueue:
         drain_s = (ahead + extra_sentences) * self.rate.seconds_per_sentence / max(1, self.replicas)
         return drain_s + min(self.call_s.values())
 
-    async def submit(self, texts: list[str], tier: Tier, deadline: float) -> tuple[Any, Ticket]:
+    async def submit(
+        self, texts: list[str], tier: Tier, deadline: float, tenant: str = ""
+    ) -> tuple[Any, Ticket]:
         """Queue one request; returns the deployment's answer and the ticket (for its timings).
 
         Raises `Rejection` (full queue, unreachable or passed deadline). If the caller is
@@ -157,7 +160,7 @@ class ModelQueue:
             budget_ms = (deadline - now) * 1000
             message = f"the backlog (~{wait * 1000:.0f} ms) exceeds the deadline ({budget_ms:.0f} ms)"
             raise Rejection(503, "deadline_exceeded", message, wait)
-        ticket = Ticket(texts, tier, deadline, now, asyncio.get_running_loop().create_future())
+        ticket = Ticket(texts, tier, deadline, now, asyncio.get_running_loop().create_future(), tenant)
         queue.append(ticket)
         self.pump()
         try:

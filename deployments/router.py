@@ -141,8 +141,8 @@ class Router:
         wait = self.metrics.queue_wait
         queue.on_dispatch = lambda t: wait.labels(name, t.tier.value).observe(t.queued_s)
         dropped = self.metrics.rejections
-        queue.on_expired = lambda t: dropped.labels(name, t.tier.value, "-", "expired").inc()
-        queue.on_cancelled = lambda t: dropped.labels(name, t.tier.value, "-", "cancelled").inc()
+        queue.on_expired = lambda t: dropped.labels(name, t.tier.value, t.tenant, "expired").inc()
+        queue.on_cancelled = lambda t: dropped.labels(name, t.tier.value, t.tenant, "cancelled").inc()
         return queue
 
     # --- replica counts: the in-flight cap scales with them ------------------------------------
@@ -234,7 +234,7 @@ class Router:
         deadline = started + self.tenants.deadline_s(tier, requested_deadline_ms(request))
         try:
             tenant.admit(started)
-            result, ticket = await self.queues[req.model].submit(req.texts(), tier, deadline)
+            result, ticket = await self.queues[req.model].submit(req.texts(), tier, deadline, name)
             if result.deadline_exceeded:
                 raise Rejection(503, "deadline_exceeded", result.error or "deadline passed", 1)
         except Rejection as rejection:
