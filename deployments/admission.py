@@ -107,7 +107,6 @@ class ModelQueue:
         self.rate = ComputeRate(prior_s_per_sentence)
         self.call_s = dict.fromkeys(Tier, prior_call_s)  # recent model call time per tier (EWMA)
         self.on_dispatch: Callable[[Ticket], None] = lambda _: None
-        self.on_expired: Callable[[Ticket], None] = lambda _: None
         self.on_cancelled: Callable[[Ticket], None] = lambda _: None
 
     # --- what the router asks -------------------------------------------------------------------
@@ -209,7 +208,6 @@ class ModelQueue:
             queue.popleft()
             now = self.clock()
             if head.deadline < now + head.sentences * self.rate.seconds_per_sentence:
-                self.on_expired(head)
                 head.future.set_exception(
                     Rejection(503, "deadline_exceeded", "the deadline passed while the request was queued", 1)
                 )

@@ -141,7 +141,6 @@ class Router:
         wait = self.metrics.queue_wait
         queue.on_dispatch = lambda t: wait.labels(name, t.tier.value).observe(t.queued_s)
         dropped = self.metrics.rejections
-        queue.on_expired = lambda t: dropped.labels(name, t.tier.value, t.tenant, "expired").inc()
         queue.on_cancelled = lambda t: dropped.labels(name, t.tier.value, t.tenant, "cancelled").inc()
         return queue
 
