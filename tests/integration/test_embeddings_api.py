@@ -69,7 +69,7 @@ def test_concurrent_requests_get_their_own_vectors(service, client):
         return r.json()["data"][0]["embedding"]
 
     async def all_at_once() -> list[list[float]]:
-        async with httpx.AsyncClient(timeout=60) as http:
+        async with httpx.AsyncClient(timeout=60, headers=AUTH) as http:
             return await asyncio.gather(*(one(http, t) for t in texts))
 
     got = np.array(asyncio.run(all_at_once()), dtype=np.float32)

@@ -243,7 +243,7 @@ def test_locustfile_log_accounts_for_every_request(tmp_path):
             sys.executable, "-m", "locust", "-f", "loadtest/", "--headless", "--only-summary",
             "-H", f"http://127.0.0.1:{server.server_address[1]}", "-u", "4", "-r", "4", "-t", "3s",
             "--ig-premium-rps", "5", "--ig-standard-rps", "5", "--ig-batch-rps", "2",
-            "--ig-batch-key", "bad-key",
+            "--ig-batch-key", "bad-key", "--ig-batch-weight", "1",
             "--ig-log", str(tmp_path / "requests.jsonl"), "--json-file", str(tmp_path / "locust"),
         ]  # fmt: skip
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
