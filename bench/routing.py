@@ -1,13 +1,14 @@
-"""Routing benchmark: Serve's default power-of-two router vs deployments.routing:LeastConnectionsRouter.
+"""Routing benchmark: Serve's default power-of-two router vs deployments.routing's least-connections
+and least-time routers.
 
-    uv run python -m bench.routing          # ~2.5 min: one local Ray cluster, both routers
+    uv run python -m bench.routing          # ~3.5 min: one local Ray cluster, three routers
 
 The deployment is a stand-in (`StandInModel`): each replica serves one request at a time and
 "computes" with asyncio.sleep, so the run measures the routing policy rather than model compute on a
 2-core box. The replica of rank 0 is --slow-factor times slower, as a replica on a busy node would be.
-Both routers get the same open-loop Poisson arrivals at --load of total capacity; latency counts
-from each request's scheduled arrival. The two routers take turns in short rounds (same arrivals in
-a round), so that whatever else runs on the machine hits both alike. Prints a table, writes the raw
+All routers get the same open-loop Poisson arrivals at --load of total capacity; latency counts
+from each request's scheduled arrival. The routers take turns in short rounds (same arrivals in
+a round), so that whatever else runs on the machine hits all alike. Prints a table, writes the raw
 numbers to results/bench-routing.json and a plot to docs/bench-routing.png.
 """
 
@@ -31,6 +32,7 @@ from rich.table import Table
 
 ROOT = Path(__file__).resolve().parents[1]
 LEAST_CONNECTIONS = "deployments.routing:LeastConnectionsRouter"
+LEAST_TIME = "deployments.routing:LeastTimeRouter"
 console = Console(width=None if sys.stdout.isatty() else 120)  # a log gets the whole table
 
 Sample = tuple[float, int]  # (latency s, replica rank or -1 on error)
@@ -239,6 +241,7 @@ def main() -> None:
     routers: list[tuple[str, str, dict]] = [
         ("power-of-two (default)", "pow2", {}),
         ("least-connections", "leastconn", {"request_router_config": lc_config}),
+        ("least-time", "leasttime", {"request_router_config": {"request_router_class": LEAST_TIME}}),
     ]
     probe_timeouts = ProbeTimeouts()
     logging.getLogger("ray.serve").addFilter(probe_timeouts)

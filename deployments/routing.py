@@ -9,17 +9,21 @@ router (one per DeploymentHandle) has sent to each and not yet seen complete, co
 `on_request_routed` / `on_request_completed` hooks rather than probed. Serve then takes the first
 replica in that ranking that still accepts (below `max_ongoing_requests`).
 
-Use it from serve.yaml:
+`LeastTimeRouter` also weighs each count by the replica's measured time per request, so a replica
+that is 3x slower gets about a third of a fast one's share instead of an equal share of requests.
+
+Use either from serve.yaml:
 
     deployments:
       - name: ...
         request_router_config:
-          request_router_class: deployments.routing:LeastConnectionsRouter
+          request_router_class: deployments.routing:LeastConnectionsRouter   # or LeastTimeRouter
 """
 
 from __future__ import annotations
 
 import random
+import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 
@@ -116,3 +120,60 @@ class LeastConnectionsRouter(FIFOMixin, RequestRouter):
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         super().on_replica_actor_died(replica_id)
         self.outstanding.forget(replica_id)
+
+
+def rank_by_expected_wait(
+    counts: dict[ReplicaID, int], seconds_per_request: dict[ReplicaID, float]
+) -> list[ReplicaID]:
+    """Replicas by (outstanding + 1) x time per request, shortest expected wait first. A replica
+    not yet measured is assumed as fast as the fastest known one, so it gets tried."""
+    known = [t for r, t in seconds_per_request.items() if r in counts]
+    default = min(known) if known else 1.0
+    order = list(counts)
+    random.shuffle(order)  # ties go to a random replica
+    return sorted(order, key=lambda r: (counts[r] + 1) * seconds_per_request.get(r, default))
+
+
+class LeastTimeRouter(LeastConnectionsRouter):
+    """Least expected wait: outstanding requests weighted by each replica's time per request.
+
+    Time per request is an EWMA of latency / (requests it had outstanding when sent + 1), which is
+    the service time for a replica that works through its requests one batch after another.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.sent_at: dict[tuple[ReplicaID, str], tuple[float, int]] = {}
+        self.seconds_per_request: dict[ReplicaID, float] = {}
+
+    async def choose_replicas(
+        self,
+        candidate_replicas: list[RunningReplica],
+        pending_request: PendingRequest | None = None,
+    ) -> list[list[RunningReplica]]:
+        by_id = {r.replica_id: r for r in candidate_replicas}
+        counts = {i: self.outstanding.count(i) for i in by_id}
+        return [[by_id[i]] for i in rank_by_expected_wait(counts, self.seconds_per_request)]
+
+    def on_request_routed(
+        self, pending_request: PendingRequest, replica_id: ReplicaID, result: ReplicaResult
+    ) -> None:
+        ahead = self.outstanding.count(replica_id)
+        super().on_request_routed(pending_request, replica_id, result)
+        key = (replica_id, pending_request.metadata.internal_request_id)
+        self.sent_at[key] = (time.monotonic(), ahead)
+
+    def on_request_completed(self, replica_id: ReplicaID, internal_request_id: str) -> None:
+        super().on_request_completed(replica_id, internal_request_id)
+        sent = self.sent_at.pop((replica_id, internal_request_id), None)
+        if sent is None:
+            return
+        sample = (time.monotonic() - sent[0]) / (sent[1] + 1)
+        old = self.seconds_per_request.get(replica_id)
+        self.seconds_per_request[replica_id] = sample if old is None else old + 0.2 * (sample - old)
+
+    def update_replicas(self, replicas: list[RunningReplica]) -> None:
+        super().update_replicas(replicas)
+        live = {r.replica_id for r in replicas}
+        self.seconds_per_request = {r: t for r, t in self.seconds_per_request.items() if r in live}
+        self.sent_at = {k: v for k, v in self.sent_at.items() if k[0] in live}

@@ -9,7 +9,7 @@ import asyncio
 from ray.serve._private.common import DeploymentHandleSource, DeploymentID, ReplicaID, RequestMetadata
 from ray.serve.request_router import PendingRequest
 
-from deployments.routing import LeastConnectionsRouter, OutstandingRequests
+from deployments.routing import LeastConnectionsRouter, OutstandingRequests, rank_by_expected_wait
 
 DEPLOYMENT = DeploymentID(name="d", app_name="a")
 A, B, C = (ReplicaID(unique_id=u, deployment_id=DEPLOYMENT) for u in "abc")
@@ -150,3 +150,15 @@ def test_serve_picks_the_least_loaded_replica_that_accepts():
         assert chosen.replica_id in (A, B)
 
     asyncio.run(scenario())
+
+
+def test_expected_wait_weighs_counts_by_replica_speed():
+    fast, slow = A, B
+    times = {fast: 0.02, slow: 0.06}
+    assert rank_by_expected_wait({fast: 0, slow: 0}, times)[0] == fast
+    # an idle slow replica (1 x 60 ms) still loses to a fast one with one request out (2 x 20 ms) ...
+    assert rank_by_expected_wait({fast: 1, slow: 0}, times)[0] == fast
+    # ... but not to one with three out (4 x 20 ms)
+    assert rank_by_expected_wait({fast: 3, slow: 0}, times)[0] == slow
+    # a replica not measured yet is assumed as fast as the fastest, so it gets tried
+    assert rank_by_expected_wait({fast: 1, C: 0}, {fast: 0.02})[0] == C
