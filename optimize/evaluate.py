@@ -1,6 +1,6 @@
 """Quality of an encoder on real data, as the optimize pipeline compares variants against FP32.
 
-    uv run python -m optimize.evaluate            # both catalog encoders, ONNX FP32 and PyTorch FP32
+    uv run python -m optimize.evaluate   # both catalog encoders: PyTorch FP32, ONNX FP32, ONNX INT8
 
 - Lee set: Pearson and Spearman correlation between cosine similarity and human ratings.
 - Fidelity: mean and minimum cosine between a variant's vectors and the reference (FP32) vectors.
@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from rich.console import Console
@@ -47,34 +46,56 @@ def fidelity(reference: np.ndarray, variant: np.ndarray) -> dict[str, float]:
 
 
 def main() -> None:
-    from runtimes.catalog import load_catalog
+    import json
+
+    from optimize.speed import throughput
+    from optimize.variants import dynamic_int8
+    from runtimes.catalog import cache_root, fingerprint, load_catalog, resolve_model_dir
+    from runtimes.engines.onnx_engine import OnnxEngine, export_onnx
     from runtimes.loader import load_text_encoder
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="+", default=["all-MiniLM-L6-v2", "multilingual-e5-small"])
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     console = Console()
     catalog = load_catalog(ROOT / "configs" / "models.yaml")
     data = lee_pairs()
-    table = Table(title=f"Lee set: {len(data.pairs):,} rated document pairs")
-    for col in ("model", "engine", "pearson", "spearman", "fidelity to ONNX FP32 (mean / min cosine)"):
-        table.add_column(col)
-    engines: tuple[Literal["onnx", "torch"], ...] = ("onnx", "torch")
+    corpus = [json.loads(line)["text"] for line in (ROOT / "loadtest" / "corpus_en.jsonl").open()][:512]
+    table = Table(title=f"Variants on the Lee set ({len(data.pairs):,} pairs) and 512 corpus sentences")
+    for col in ("model", "variant", "MB", "Pearson", "% of FP32", "fidelity mean / min", "batch-32 sent/s"):
+        table.add_column(col, justify="left" if col in ("model", "variant") else "right")
     for name in args.models:
-        reference = None
-        for engine in engines:
-            with console.status(f"{name} on {engine}"):
-                encoder = load_text_encoder(catalog.get(name), engine=engine)
-                vectors = encoder.encode(data.texts)
+        spec = catalog.get(name)
+        model_dir = resolve_model_dir(spec)
+        with console.status(f"{name}: loading, exporting, quantising"):
+            base = load_text_encoder(spec, engine="torch", threads=args.threads)
+            onnx = load_text_encoder(spec, engine="onnx", threads=args.threads)
+            onnx_path = export_onnx(model_dir, cache_root() / "onnx" / f"{name}-{fingerprint(model_dir)}")
+            int8_path = dynamic_int8(onnx_path, cache_root() / "int8" / f"{name}-{fingerprint(model_dir)}")
+            int8 = load_text_encoder(spec, engine="onnx", threads=args.threads)
+            int8.engine = OnnxEngine(int8_path, threads=args.threads)
+        weights = sum(f.stat().st_size for f in model_dir.glob("*.safetensors"))
+        variants = [
+            ("PyTorch FP32 (base)", base, weights),
+            ("ONNX FP32", onnx, onnx_path.stat().st_size),
+            ("ONNX dynamic INT8", int8, int8_path.stat().st_size),
+        ]
+        reference = base.encode(data.texts)
+        base_pearson = rated_pairs_scores(base.encode, data)["pearson"]
+        for label, encoder, size in variants:
+            with console.status(f"{name}: {label}"):
                 scores = rated_pairs_scores(encoder.encode, data)
-            reference = vectors if reference is None else reference
-            fid = fidelity(reference, vectors)
+                fid = fidelity(reference, encoder.encode(data.texts))
+                speed = throughput(encoder.encode, corpus, batch=32)
             table.add_row(
                 name,
-                encoder.engine.name,
+                label,
+                f"{size / 1e6:.0f}",
                 f"{scores['pearson']:.3f}",
-                f"{scores['spearman']:.3f}",
+                f"{100 * scores['pearson'] / base_pearson:.1f}",
                 f"{fid['mean_cosine']:.4f} / {fid['min_cosine']:.4f}",
+                f"{speed['sentences_per_s']:.1f}",
             )
     console.print(table)
 

@@ -30,3 +30,26 @@ def test_fidelity_sees_a_degraded_variant():
     assert fidelity(reference, reference)["min_cosine"] > 0.9999
     degraded = reference + rng.normal(scale=0.5, size=reference.shape)
     assert fidelity(reference, degraded)["mean_cosine"] < 0.95
+
+
+def test_dynamic_int8_is_a_quarter_of_the_size_and_keeps_quality(minilm_onnx, catalog, tmp_path):
+    from optimize.data import lee_pairs
+    from optimize.variants import dynamic_int8
+    from runtimes.catalog import cache_root, fingerprint, resolve_model_dir
+    from runtimes.engines.onnx_engine import OnnxEngine, export_onnx
+
+    model_dir = resolve_model_dir(catalog.get("all-MiniLM-L6-v2"))
+    onnx_path = export_onnx(model_dir, cache_root() / "onnx" / f"all-MiniLM-L6-v2-{fingerprint(model_dir)}")
+    int8_path = dynamic_int8(onnx_path, tmp_path / "int8")
+    assert int8_path.stat().st_size < onnx_path.stat().st_size / 3
+
+    fp32 = minilm_onnx.engine
+    try:
+        minilm_onnx.engine = OnnxEngine(int8_path, threads=2)
+        int8_scores = lee_scores(minilm_onnx.encode)
+        int8_vectors = minilm_onnx.encode(lee_pairs().texts)
+    finally:
+        minilm_onnx.engine = fp32
+    fp32_scores = lee_scores(minilm_onnx.encode)
+    assert int8_scores["pearson"] >= 0.99 * fp32_scores["pearson"], (int8_scores, fp32_scores)
+    assert fidelity(minilm_onnx.encode(lee_pairs().texts), int8_vectors)["mean_cosine"] > 0.98
