@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Literal
 
+from runtimes.artifact import Manifest, verify_artifact
 from runtimes.catalog import ModelSpec, cache_root, fingerprint, resolve_model_dir
 from runtimes.engines.base import EncoderEngine
 from runtimes.text_encoder import BatchLimits, TextEncoder
@@ -57,3 +58,49 @@ def load_text_encoder(
         known_prefixes=spec.known_prefixes,
         pad_id=pad_id,
     )
+
+
+def build_artifact_engine(
+    artifact_dir: Path, manifest: Manifest, threads: int | None = None, device: str = "cpu"
+) -> EncoderEngine:
+    """The engine a verified artifact asks for (ONNX file, or transformers folder + optional INT8)."""
+    if manifest.format == "onnx":
+        from runtimes.engines.onnx_engine import OnnxEngine
+
+        return OnnxEngine(artifact_dir / manifest.weights, threads=threads)
+    from runtimes.engines.torch_engine import TorchEngine
+
+    dtype = {"fp16": "float16", "bf16": "bfloat16"}.get(manifest.precision, "float32")
+    return TorchEngine(
+        artifact_dir / manifest.weights,
+        device=device,
+        dtype=dtype,
+        threads=threads,
+        dynamic_int8=manifest.torch_quantization == "dynamic_int8",
+    )
+
+
+def load_artifact_encoder(
+    spec: ModelSpec,
+    artifact_dir: Path,
+    threads: int | None = None,
+    device: str = "cpu",
+    limits: BatchLimits | None = None,
+) -> tuple[TextEncoder, Manifest]:
+    """A `TextEncoder` over an optimize artifact, after verifying every file's checksum."""
+    manifest = verify_artifact(artifact_dir)
+    if manifest.model != spec.name:
+        raise ValueError(f"artifact {artifact_dir} is a variant of {manifest.model!r}, not {spec.name!r}")
+    tokenizer, pad_id = load_tokenizer(artifact_dir)
+    built = build_artifact_engine(artifact_dir, manifest, threads=threads, device=device)
+    log.info("loaded %s variant %s from %s on %s", spec.name, manifest.variant, artifact_dir, built.name)
+    encoder = TextEncoder(
+        tokenizer,
+        built,
+        max_length=spec.max_length,
+        limits=limits,
+        prefix=spec.prefix,
+        known_prefixes=spec.known_prefixes,
+        pad_id=pad_id,
+    )
+    return encoder, manifest

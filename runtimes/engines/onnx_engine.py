@@ -71,4 +71,4 @@ class OnnxEngine:
         if "token_type_ids" in self.input_names:
             feed["token_type_ids"] = np.zeros_like(input_ids)
         hidden = self.session.run(None, feed)[0]
-        return mean_pool_normalize(hidden, attention_mask)
+        return mean_pool_normalize(hidden.astype(np.float32, copy=False), attention_mask)

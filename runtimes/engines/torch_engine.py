@@ -18,6 +18,7 @@ class TorchEngine:
         device: str = "cpu",
         dtype: str = "float32",
         threads: int | None = None,
+        dynamic_int8: bool = False,
     ) -> None:
         if threads and device == "cpu":
             torch.set_num_threads(threads)
@@ -25,8 +26,11 @@ class TorchEngine:
         self.dtype = getattr(torch, dtype)
         self.model = AutoModel.from_pretrained(str(model_dir), dtype=self.dtype, attn_implementation="sdpa")
         self.model.to(self.device).eval()
+        if dynamic_int8:  # PyTorch dynamic INT8: Linear weights int8, activations quantised per call
+            quantize = torch.ao.quantization.quantize_dynamic
+            self.model = quantize(self.model, {torch.nn.Linear}, dtype=torch.qint8)
         self.dim = int(self.model.config.hidden_size)
-        self.name = f"torch-{dtype}-{device}"
+        self.name = f"torch-{'int8' if dynamic_int8 else dtype}-{device}"
 
     @torch.inference_mode()
     def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
