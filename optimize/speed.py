@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Sequence
 
 import numpy as np
+import psutil
 
 from optimize.evaluate import Encode
 
@@ -24,3 +26,24 @@ def throughput(encode: Encode, texts: Sequence[str], batch: int, warmup_batches:
     elapsed = time.perf_counter() - started
     p50, p95 = np.percentile(latencies, [50, 95]) * 1000
     return {"sentences_per_s": len(calls) * batch / elapsed, "p50_ms": float(p50), "p95_ms": float(p95)}
+
+
+def speed_profile(encode: Encode, texts: Sequence[str], batches: Sequence[int]) -> dict[str, float]:
+    """Throughput and latency at each batch size, flat for MLflow (`throughput_b32`, `p95_ms_b1`, ...).
+
+    Batch 1 runs a quarter of the sentences: it is the slow case and its percentiles settle early.
+    """
+    out: dict[str, float] = {}
+    for batch in batches:
+        sample = texts if batch > 1 else texts[: max(len(texts) // 4, 16)]
+        result = throughput(encode, sample, batch)
+        out[f"throughput_b{batch}"] = result["sentences_per_s"]
+        out[f"p50_ms_b{batch}"] = result["p50_ms"]
+        out[f"p95_ms_b{batch}"] = result["p95_ms"]
+    return out
+
+
+def resident_mb() -> float:
+    """This process's resident memory; a variant's cost is the growth across its load and run."""
+    gc.collect()
+    return psutil.Process().memory_info().rss / 1e6

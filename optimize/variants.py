@@ -1,19 +1,29 @@
-"""Variants of an exported encoder. Each returns the path of an ONNX file that `OnnxEngine` loads.
+"""Build each variant of a base encoder as an artifact folder (`runtimes/artifact.py`).
 
-Dynamic INT8 (optimum's ORTQuantizer over ONNX Runtime): weights stored as int8, activations
-quantised per batch at run time, so it needs no calibration data. This CPU has AVX2 but not
-AVX-512 VNNI, hence the avx2 configuration (u8 activations, s8 weights).
+- ONNX FP32: optimum's exporter; ONNX Runtime applies its graph optimisations at load.
+- ONNX FP16: weights and activations in half precision, inputs/outputs kept FP32. A GPU target:
+  CPUs lack fast FP16 kernels, so it is measured here only to show its quality, and marked so.
+- ONNX dynamic INT8 (optimum's ORTQuantizer): int8 weights, activations quantised per batch, no
+  calibration data. This CPU has AVX2 but not AVX-512 VNNI, hence the avx2 configuration.
+- PyTorch dynamic INT8: the FP32 folder plus an instruction the loader applies (quantize_dynamic).
+- Unstructured L1 pruning: the smallest weights set to zero. Dense kernels multiply zeros as fast
+  as anything else, so it saves nothing here; it is measured to show exactly that.
+- Structured layer pruning, and the distilled student (see `optimize/distill.py`).
 """
 
 from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
+
+from runtimes.artifact import Manifest, tokenizer_sources, write_artifact
 
 log = logging.getLogger(__name__)
 
 INT8_FILE = "model_quantized.onnx"
+FP16_FILE = "model_fp16.onnx"
 
 
 def dynamic_int8(onnx_path: Path, out_dir: Path, per_channel: bool = True) -> Path:
@@ -30,5 +40,77 @@ def dynamic_int8(onnx_path: Path, out_dir: Path, per_channel: bool = True) -> Pa
     quantizer = ORTQuantizer.from_pretrained(onnx_path.parent, file_name=onnx_path.name)
     config = AutoQuantizationConfig.avx2(is_static=False, per_channel=per_channel)
     quantizer.quantize(quantization_config=config, save_dir=tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
     return target
+
+
+def float16(onnx_path: Path, out_dir: Path) -> Path:
+    """Half-precision copy of an ONNX graph; inputs and outputs stay FP32 for the same callers."""
+    target = out_dir / FP16_FILE
+    if target.exists():
+        return target
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    half = convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
+    tmp = target.with_suffix(".tmp")
+    onnx.save(half, str(tmp))
+    tmp.rename(target)
+    return target
+
+
+def l1_unstructured(model_dir: Path, sparsity: float, out_dir: Path) -> Path:
+    """Zero the `sparsity` fraction of smallest-magnitude weights in every Linear layer."""
+    import torch
+    from torch.nn.utils import prune
+    from transformers import AutoModel
+
+    from optimize.distill import save_model_folder
+
+    model = AutoModel.from_pretrained(str(model_dir))
+    for module in model.modules():
+        if isinstance(module, torch.nn.Linear):
+            prune.l1_unstructured(module, name="weight", amount=sparsity)
+            prune.remove(module, "weight")
+    return save_model_folder(model, model_dir, out_dir)
+
+
+@dataclass(frozen=True)
+class Built:
+    """A variant on disk: the artifact folder and what it took to make."""
+
+    artifact: Path
+    manifest: Manifest
+    stats: dict[str, float]
+
+
+def onnx_artifact(
+    model: str, variant: str, precision: str, onnx_file: Path, tokenizer_dir: Path, out: Path, **extra: str
+) -> Path:
+    manifest = Manifest(
+        model=model,
+        variant=variant,
+        format="onnx",
+        precision=precision,
+        target=extra.pop("target", "cpu"),
+        weights=onnx_file.name,
+        notes=extra.pop("notes", ""),
+    )
+    return write_artifact(out, manifest, {onnx_file.name: onnx_file, **tokenizer_sources(tokenizer_dir)})
+
+
+def folder_artifact(model: str, variant: str, folder: Path, out: Path, torch_int8: bool, notes: str) -> Path:
+    """A transformers folder as an artifact (PyTorch engine)."""
+    manifest = Manifest(
+        model=model,
+        variant=variant,
+        format="transformers",
+        precision="int8" if torch_int8 else "fp32",
+        weights=".",
+        torch_quantization="dynamic_int8" if torch_int8 else "none",
+        notes=notes,
+    )
+    sources = {p.name: p for p in folder.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors")}
+    return write_artifact(out, manifest, {**tokenizer_sources(folder), **sources})

@@ -66,9 +66,12 @@ class OnnxEngine:
         self.dim = int(out.shape[-1])
         self.name = f"onnxruntime-{Path(onnx_path).stem}"
 
-    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def hidden_states(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """The last layer's token vectors (batch, tokens, dim): what a distilled student learns from."""
         feed = {"input_ids": input_ids, "attention_mask": attention_mask}
         if "token_type_ids" in self.input_names:
             feed["token_type_ids"] = np.zeros_like(input_ids)
-        hidden = self.session.run(None, feed)[0]
-        return mean_pool_normalize(hidden.astype(np.float32, copy=False), attention_mask)
+        return self.session.run(None, feed)[0].astype(np.float32, copy=False)
+
+    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return mean_pool_normalize(self.hidden_states(input_ids, attention_mask), attention_mask)

@@ -1,0 +1,41 @@
+"""Artifacts are verified before they are loaded: a changed or missing file is never served."""
+
+import pytest
+
+from runtimes.artifact import ArtifactError, Manifest, verify_artifact, write_artifact
+
+
+def make(tmp_path):
+    (tmp_path / "src").mkdir()
+    weights = tmp_path / "src" / "model.onnx"
+    weights.write_bytes(b"\x08\x01" * 1000)
+    tok = tmp_path / "src" / "tokenizer.json"
+    tok.write_text('{"version": "1.0"}')
+    manifest = Manifest(model="m", variant="onnx-int8", format="onnx", precision="int8", weights="model.onnx")
+    return write_artifact(tmp_path / "art", manifest, {"model.onnx": weights, "tokenizer.json": tok})
+
+
+def test_a_written_artifact_verifies_and_lists_its_checksums(tmp_path):
+    art = make(tmp_path)
+    manifest = verify_artifact(art)
+    assert manifest.variant == "onnx-int8"
+    assert set(manifest.files) == {"model.onnx", "tokenizer.json"}
+    assert all(len(h) == 64 for h in manifest.files.values())
+
+
+def test_one_changed_byte_fails_verification(tmp_path):
+    art = make(tmp_path)
+    data = bytearray((art / "model.onnx").read_bytes())
+    data[10] ^= 1
+    (art / "model.onnx").write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="model.onnx has SHA-256"):
+        verify_artifact(art)
+
+
+def test_a_missing_file_or_manifest_fails_verification(tmp_path):
+    art = make(tmp_path)
+    (art / "tokenizer.json").unlink()
+    with pytest.raises(ArtifactError, match="tokenizer.json is missing"):
+        verify_artifact(art)
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        verify_artifact(tmp_path / "src")
