@@ -14,6 +14,7 @@ import argparse
 import json
 import logging
 import time
+from pathlib import Path
 
 import mlflow
 from rich.console import Console
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--artifact-root", help="where MLflow keeps run artifacts (default: the config's)")
     ap.add_argument("--results-dir", help="summary table and plot (default: the config's)")
     ap.add_argument("--no-promote", action="store_true", help="measure and register, leave aliases alone")
+    ap.add_argument("--gpu-results", type=Path, help="log a `python -m optimize.gpu` JSON file, then stop")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     console = Console()
@@ -61,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     names = args.models or quick_models or [p.name for p in config.models]
 
     client = tracking.connect(tracking_uri, artifact_root)
+    if args.gpu_results:
+        logged = tracking.log_gpu_results(client, json.loads(args.gpu_results.read_text()), artifact_root)
+        console.print(f"logged {logged} GPU runs from {args.gpu_results} to {tracking_uri}")
+        return 0
     started = time.monotonic()
     everything: list[VariantResult] = []
     promoted: dict[str, str] = {}

@@ -30,6 +30,7 @@ class Distillation(BaseModel):
     corpus_limit: int = 6000
     epochs: int = 3
     batch_size: int = 32
+    max_tokens: int = 128  # texts are cut for training: attention cost grows with length squared
     lr: float = 2e-4
     token_weight: float = 1.0  # token-level loss beside the pooled-vector loss
     max_seconds: float = 300.0

@@ -53,7 +53,7 @@ class VariantFactory:
         if d is None:
             return "student-none"
         layers = "-".join(map(str, d.keep_layers))
-        return f"student-l{layers}-n{d.corpus_limit}-e{d.epochs}-s{int(d.max_seconds)}"
+        return f"student-l{layers}-n{d.corpus_limit}-t{d.max_tokens}-e{d.epochs}-s{int(d.max_seconds)}"
 
     # Shared steps -------------------------------------------------------------------------------
     @cached_property
@@ -71,6 +71,7 @@ class VariantFactory:
             keep_layers=tuple(d.keep_layers),
             epochs=d.epochs,
             batch_size=d.batch_size,
+            max_tokens=d.max_tokens,
             lr=d.lr,
             token_weight=d.token_weight,
             max_seconds=d.max_seconds,

@@ -56,13 +56,16 @@ class Evaluator:
 
     def score(self, encoder: TextEncoder) -> dict[str, float]:
         out: dict[str, float] = {}
+        passages: np.ndarray | None = None
         for metric in self.metrics:
             if metric == "lee_pearson":
                 scores = evaluate.rated_pairs_scores(encoder.encode, self.lee)
                 out["lee_pearson"], out["lee_spearman"] = scores["pearson"], scores["spearman"]
             elif metric.startswith("faq"):
                 lang = {"faq_mrr10": "en", "faq_de_mrr10": "de", "faq_fr_mrr10": "fr"}[metric]
-                result = evaluate.retrieval_mrr(encoder.encode, self.passages(encoder), _faq(lang))
+                if passages is None:  # the English passages, shared by every question language
+                    passages = self.passages(encoder)(_faq("en").passages)
+                result = evaluate.retrieval_mrr(encoder.encode, _fixed(passages), _faq(lang))
                 out[metric] = result["mrr@10"]
             elif metric == "bitext_acc1":
                 accs = [
@@ -76,6 +79,10 @@ class Evaluator:
 
     def fidelity_texts(self, corpus: Sequence[str]) -> list[str]:
         return list(self.lee.texts) + list(corpus[:200])
+
+
+def _fixed(vectors: np.ndarray) -> Callable[[Sequence[str]], np.ndarray]:
+    return lambda _texts: vectors
 
 
 _cache: dict[str, Any] = {}

@@ -83,3 +83,16 @@ def log_summary(files: list[Path], summary: dict[str, Any]) -> None:
     for path in files:
         mlflow.log_artifact(str(path))
     mlflow.log_text(json.dumps(summary, indent=2, default=str), "summary.json")
+
+
+def log_gpu_results(client: MlflowClient, rows: list[dict[str, Any]], artifact_root: Path) -> int:
+    """Runs for speed figures taken on a GPU box by `python -m optimize.gpu`, labelled with the device."""
+    for row in rows:
+        experiment = experiment_for(client, str(row["model"]), artifact_root)
+        name = f"{row.get('variant', 'base')} {row['precision']} on {row['device']}"
+        with mlflow.start_run(experiment_id=experiment, run_name=name):
+            mlflow.set_tags(
+                {"target": "gpu", "device": str(row["device"]), "precision": str(row["precision"])}
+            )
+            mlflow.log_metrics({k: float(v) for k, v in row.items() if isinstance(v, int | float)})
+    return len(rows)
