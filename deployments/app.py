@@ -11,9 +11,19 @@ from ray.serve import Application
 from deployments.encoder import TextEncoderDeployment
 from deployments.router import DEFAULT_MAX_BODY_BYTES, AdmissionConfig, Router
 from deployments.tenants import load_tenants
+from deployments.variants import absolute_tracking_uri, launch_root
 from runtimes.catalog import load_catalog
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+class RegistryArgs(BaseModel):
+    """Where each encoder looks for its variant (deployments/variants.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    tracking_uri: str = "sqlite:///mlflow/mlflow.db"  # relative SQLite paths: the checkout's (launch_root)
+    default_variant: str = "models:/{name}@production"  # `{name}`: the model; "base" skips the registry
+    cache_dir: str | None = None  # downloaded variants; default ~/.cache/infergraph/registry
 
 
 class AppArgs(BaseModel):
@@ -26,6 +36,7 @@ class AppArgs(BaseModel):
     tenants: str = "configs/tenants.yaml"
     admission: AdmissionConfig = AdmissionConfig()
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    registry: RegistryArgs = RegistryArgs()
 
 
 def project_path(path: str) -> Path:
@@ -37,11 +48,21 @@ def build_app(args: dict[str, Any]) -> Application:
     opts = AppArgs.model_validate(args or {})
     catalog = load_catalog(project_path(opts.catalog))
     tenants = load_tenants(project_path(opts.tenants))  # a bad file fails here, not in a replica
+    # Relative to the checkout, which is not where this code runs under `uv run serve run` (variants.py).
+    root = launch_root()
+    tracking_uri = absolute_tracking_uri(opts.registry.tracking_uri, root)
+    cache = str(root / Path(opts.registry.cache_dir).expanduser()) if opts.registry.cache_dir else None
     handles = {}
     for name in opts.models:
         spec = catalog.get(name).model_dump()
         deployment = TextEncoderDeployment.options(name=name)  # type: ignore[attr-defined]
-        handles[name] = deployment.bind(spec, engine=opts.engine)
+        handles[name] = deployment.bind(
+            spec,
+            engine=opts.engine,
+            tracking_uri=tracking_uri,
+            default_variant=opts.registry.default_variant.format(name=name),
+            registry_cache=cache,
+        )
     return Router.bind(  # type: ignore[attr-defined]
         handles,
         tenants=tenants.model_dump(mode="json"),

@@ -5,6 +5,11 @@ batch takes premium work before batch-tier work (Serve's `@serve.batch` is FIFO)
 size counts sentences, not requests. The runtime then cuts the batch into length-sorted forward
 passes. Each answer says how big its batch was and its share of the compute time, for metrics and
 cost accounting in the router.
+
+What it serves is a *variant* (deployments/variants.py): by default the registry's
+`models:/<name>@production`, else the base model; `user_config.variant` switches it live. The new
+variant is downloaded, verified, loaded and warmed in a thread while the old one keeps serving,
+then swapped in; a request is always computed by the encoder that tokenized it.
 """
 
 from __future__ import annotations
@@ -15,27 +20,44 @@ import os
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
 from deployments.schemas import EmbedResult
+from deployments.variants import BASE, ResolvedVariant, resolve_variant
 from runtimes.batching import DeadlineExceededError, PriorityBatcher
 from runtimes.catalog import ModelSpec
-from runtimes.text_encoder import BatchLimits, InputTooLongError
+from runtimes.text_encoder import BatchLimits, InputTooLongError, TextEncoder
 
 log = logging.getLogger("ray.serve")
 
+WARM_UP = ["warm-up sentence so the first real request is not slow"]
+
 
 class BatchingConfig(BaseModel):
-    """The deployment's `user_config`; changed live through `reconfigure`, no restart."""
+    """The batching half of the deployment's `user_config`; changed live through `reconfigure`."""
 
     model_config = ConfigDict(extra="forbid")
     max_batch_sentences: int = Field(64, ge=1, description="sentences gathered into one batch")
     batch_wait_timeout_s: float = Field(0.004, ge=0, description="how long a batch waits to fill")
     max_forward_sequences: int = Field(16, ge=1, description="sequences per engine forward pass")
     max_forward_tokens: int = Field(512, ge=1, description="padded tokens per engine forward pass")
+
+
+class EncoderConfig(BatchingConfig):
+    """The deployment's whole `user_config`: batching settings plus which variant to serve."""
+
+    variant: str | None = Field(
+        None,
+        description="'base', models:/<name>@<alias>, models:/<name>/<version> or an artifact folder; "
+        "unset: the application's registry.default_variant",
+    )
+
+    def batching(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"variant"})
 
 
 @dataclass
@@ -47,41 +69,153 @@ class EncodedJob:
     compute_s: float  # this job's share of its batch's compute time
 
 
+@dataclass
+class _Tokenized:
+    """A request waiting for a batch, with the encoder that tokenized it (and must compute it)."""
+
+    encoder: TextEncoder
+    ids: list[list[int]]
+
+
 STANDARD_RANK = 1  # a direct handle call without a tier is treated as standard
+
+
+def _initial_user_config() -> dict[str, Any]:
+    """The user_config this replica starts with (Serve sets the context before the constructor runs),
+    so the variant it names is loaded once instead of the default first; {} when unavailable."""
+    try:
+        config = serve.get_replica_context()._deployment_config.user_config
+        return dict(config) if isinstance(config, dict) else {}
+    except Exception:
+        return {}
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 1.0}, max_ongoing_requests=128)
 class TextEncoderDeployment:
-    def __init__(self, spec: dict[str, Any], engine: str = "onnx", threads: int | None = None) -> None:
-        from runtimes.loader import load_text_encoder  # engine imports stay out of the app builder
-
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        engine: str = "onnx",
+        threads: int | None = None,
+        tracking_uri: str = "",
+        default_variant: str = BASE,
+        registry_cache: str | None = None,
+    ) -> None:
         self.spec = ModelSpec.model_validate(spec)
-        threads = threads or int(os.environ.get("INFERGRAPH_ENGINE_THREADS", os.cpu_count() or 1))
-        self.encoder = load_text_encoder(self.spec, engine=engine, threads=threads)  # type: ignore[arg-type]
-        self.config = BatchingConfig()
-        self.batcher = PriorityBatcher(self._encode_batch, self.config.max_batch_sentences, 0.004)
+        self.engine_kind = engine
+        self.threads = threads or int(os.environ.get("INFERGRAPH_ENGINE_THREADS", os.cpu_count() or 1))
+        self.tracking_uri = tracking_uri
+        self.default_variant = default_variant
+        self.registry_cache = Path(registry_cache) if registry_cache else None
+        try:
+            self.config = EncoderConfig.model_validate(_initial_user_config())
+        except ValidationError:  # Serve's first reconfigure reports it
+            self.config = EncoderConfig()
         self.stats = Counter[str]()  # requests, grouped_calls, batches, sentences: is batching working?
-        self.encoder.encode(["warm-up sentence so the first real request is not slow"])
-        log.info("%s ready on %s (base model, no registry variant)", self.spec.name, self.encoder.engine.name)
+        self.variant_error: str | None = None
+        self._switching = asyncio.Lock()
+        # At start a variant that cannot be served fails the replica (except a default with no
+        # registry entry, which serves the base model): there is nothing older to keep serving.
+        self.resolved = self._resolve(self.config.variant)
+        self.encoder = self._load(self.resolved)
+        self.batcher = PriorityBatcher(
+            self._encode_batch, self.config.max_batch_sentences, self.config.batch_wait_timeout_s
+        )
+        self._log_serving(self.resolved)
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        self.config = BatchingConfig.model_validate(user_config or {})
-        self.batcher.max_weight = self.config.max_batch_sentences
-        self.batcher.wait_s = self.config.batch_wait_timeout_s
-        self.encoder.limits = BatchLimits(self.config.max_forward_sequences, self.config.max_forward_tokens)
+    # --- variants ---------------------------------------------------------------------------------
+    def _requested(self, variant: str | None) -> str:
+        return variant or self.default_variant
+
+    def _resolve(self, variant: str | None) -> ResolvedVariant:
+        """Resolve what `variant` (None: the default) names; blocking (MLflow, downloads, hashing)."""
+        return resolve_variant(
+            self.spec.name,
+            self._requested(variant),
+            self.tracking_uri,
+            self.registry_cache,
+            allow_base_fallback=variant is None,
+        )
+
+    def _load(self, resolved: ResolvedVariant) -> TextEncoder:
+        """Build, and warm, the encoder for a resolved variant; blocking."""
+        from runtimes.loader import load_artifact_encoder, load_text_encoder  # engines stay out of the app
+
+        limits = BatchLimits(self.config.max_forward_sequences, self.config.max_forward_tokens)
+        if resolved.artifact_dir is None:
+            encoder = load_text_encoder(
+                self.spec,
+                engine=self.engine_kind,  # type: ignore[arg-type]
+                threads=self.threads,
+                limits=limits,
+            )
+        else:
+            encoder, _ = load_artifact_encoder(
+                self.spec, resolved.artifact_dir, threads=self.threads, limits=limits
+            )
+        encoder.encode(WARM_UP)
+        return encoder
+
+    def _log_serving(self, resolved: ResolvedVariant) -> None:
+        engine = self.encoder.engine.name
+        if resolved.source == "base" and resolved.requested != BASE:
+            log.warning("%s serves the base model on %s: %s", self.spec.name, engine, resolved.reason)
+        else:
+            log.info("%s serves %s on %s: %s", self.spec.name, resolved.variant, engine, resolved.reason)
+
+    async def _switch_variant(self, variant: str | None) -> None:
+        """Resolve + load + warm in a thread while the current encoder serves, then swap it in."""
+        requested = self._requested(variant)
+        if requested == self.resolved.requested:
+            self.variant_error = None  # asked for what is served (again): nothing to load
+            return
+        log.info("%s: switching variant %s -> %s", self.spec.name, self.resolved.requested, requested)
+        try:
+            resolved = await asyncio.to_thread(self._resolve, variant)
+            encoder = await asyncio.to_thread(self._load, resolved)
+        except Exception as exc:  # keep serving what is loaded; say why in logs and the card
+            self.variant_error = (
+                f"variant {requested!r} not loaded, still serving {self.resolved.requested!r}: {exc}"
+            )
+            log.error("%s: %s", self.spec.name, self.variant_error)
+            return
+        # One assignment each, no await between them: batches that started keep their encoder.
+        encoder.limits = BatchLimits(self.config.max_forward_sequences, self.config.max_forward_tokens)
+        self.encoder, self.resolved, self.variant_error = encoder, resolved, None
+        self.stats["variant_switches"] += 1
+        self._log_serving(resolved)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        config = EncoderConfig.model_validate(user_config or {})
+        previous_variant = self.config.variant
+        self.config = config
+        self.batcher.max_weight = config.max_batch_sentences
+        self.batcher.wait_s = config.batch_wait_timeout_s
+        self.encoder.limits = BatchLimits(config.max_forward_sequences, config.max_forward_tokens)
+        if config.variant != previous_variant:  # batching-only changes reload nothing
+            async with self._switching:
+                await self._switch_variant(config.variant)
 
     def info(self) -> dict[str, Any]:
+        resolved = self.resolved
         return {
             "id": self.spec.name,
             "kind": self.spec.kind,
             "dimensions": self.encoder.dim,
             "max_input_tokens": self.spec.max_length,
             "engine": self.encoder.engine.name,
-            "variant": "base",
-            "batching": self.config.model_dump(),
+            "variant": resolved.variant,
+            "variant_uri": resolved.uri,
+            "variant_source": resolved.source,
+            "variant_requested": resolved.requested,
+            "precision": resolved.precision,
+            "variant_reason": resolved.reason,
+            "variant_error": self.variant_error,
+            "batching": self.config.batching(),
             "stats": dict(self.stats),
         }
 
+    # --- requests ---------------------------------------------------------------------------------
     async def embed(
         self, texts: list[str], rank: int = STANDARD_RANK, deadline: float = float("inf")
     ) -> EmbedResult:
@@ -91,12 +225,13 @@ class TextEncoderDeployment:
         batch queue, and work still queued at its deadline is refused without being computed.
         """
         self.stats["requests"] += 1
+        encoder = self.encoder  # the one that tokenizes is the one that computes, across a swap
         try:
-            ids = self.encoder.tokenize(texts)
+            ids = encoder.tokenize(texts)
         except InputTooLongError as exc:
             return EmbedResult(error=str(exc), error_param="input")
         try:
-            done: EncodedJob = await self.batcher.submit(ids, len(ids), rank, deadline)
+            done: EncodedJob = await self.batcher.submit(_Tokenized(encoder, ids), len(ids), rank, deadline)
         except DeadlineExceededError:
             self.stats["deadline_drops"] += 1
             return EmbedResult(error="deadline passed while queued in the replica", deadline_exceeded=True)
@@ -117,16 +252,29 @@ class TextEncoderDeployment:
         calls = (self.embed(t, r, d) for t, r, d in zip(requests, ranks, deadlines, strict=True))
         return list(await asyncio.gather(*calls))
 
-    async def _encode_batch(self, jobs: list[list[list[int]]]) -> list[EncodedJob]:
-        flat = [row for ids in jobs for row in ids]
+    async def _encode_batch(self, jobs: list[_Tokenized]) -> list[EncodedJob]:
+        flat = [row for job in jobs for row in job.ids]
         self.stats["batches"] += 1
         self.stats["sentences"] += len(flat)
         started = time.perf_counter()
         # In a thread: the event loop keeps accepting requests (the next batch) during compute.
-        vectors = await asyncio.to_thread(self.encoder.encode_ids, flat)
+        # A batch straddling a variant swap runs each request on the encoder that tokenized it.
+        encoders = list({id(job.encoder): job.encoder for job in jobs}.values())
+        if len(encoders) == 1:
+            vectors = await asyncio.to_thread(encoders[0].encode_ids, flat)
+            parts = _split(vectors, jobs)
+        else:
+            parts = [await asyncio.to_thread(job.encoder.encode_ids, job.ids) for job in jobs]
         per_sentence = (time.perf_counter() - started) / len(flat)
-        out, start = [], 0
-        for ids in jobs:
-            out.append(EncodedJob(vectors[start : start + len(ids)], len(flat), per_sentence * len(ids)))
-            start += len(ids)
-        return out
+        return [
+            EncodedJob(part, len(flat), per_sentence * len(job.ids))
+            for part, job in zip(parts, jobs, strict=True)
+        ]
+
+
+def _split(vectors: Any, jobs: list[_Tokenized]) -> list[Any]:
+    out, start = [], 0
+    for job in jobs:
+        out.append(vectors[start : start + len(job.ids)])
+        start += len(job.ids)
+    return out

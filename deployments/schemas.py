@@ -56,7 +56,17 @@ class ModelCard(BaseModel):
     dimensions: int
     max_input_tokens: int
     engine: str
-    variant: str
+    variant: str = Field(description="the served variant (manifest.variant), or 'base'")
+    variant_uri: str | None = Field(
+        None, description="models:/<name>/<version> when it came from the registry"
+    )
+    variant_source: Literal["registry", "path", "base"] = "base"
+    variant_requested: str | None = Field(None, description="what the configuration asked for")
+    precision: str = "fp32"
+    variant_reason: str | None = Field(None, description="how the variant was chosen (why base, when it is)")
+    variant_error: str | None = Field(
+        None, description="the last variant change that failed (the old one serves)"
+    )
     batching: dict[str, Any] = {}
     stats: dict[str, int] = {}
 

@@ -43,3 +43,55 @@ def e5_onnx(catalog):
 @pytest.fixture(scope="session")
 def e5_torch(catalog):
     return _encoder(catalog, "multilingual-e5-small", "torch")
+
+
+@pytest.fixture(scope="session")
+def minilm_artifact(catalog, tmp_path_factory) -> Path:
+    """MiniLM's cached FP32 ONNX export packaged as an optimize artifact (variant "onnx-fp32-test")."""
+    from runtimes.artifact import Manifest, tokenizer_sources, write_artifact
+    from runtimes.catalog import cache_root, fingerprint, resolve_model_dir
+    from runtimes.engines.onnx_engine import export_onnx
+
+    name = "all-MiniLM-L6-v2"
+    model_dir = resolve_model_dir(catalog.get(name))
+    onnx = export_onnx(model_dir, cache_root() / "onnx" / f"{name}-{fingerprint(model_dir)}")
+    manifest = Manifest(
+        model=name, variant="onnx-fp32-test", format="onnx", precision="fp32", weights="model.onnx"
+    )
+    out = tmp_path_factory.mktemp("artifact") / "onnx-fp32-test"
+    return write_artifact(out, manifest, {"model.onnx": onnx, **tokenizer_sources(model_dir)})
+
+
+def _register_artifact(store: Path, artifact_dir: Path, name: str, alias: str | None = "production") -> str:
+    """Log `artifact_dir` to a run in a SQLite MLflow store under `store`, register it as a version of
+    `name` (aliased `alias`), the way the optimize pipeline does; returns the version."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.get_experiment_by_name(name)
+    experiment_id = (
+        experiment.experiment_id
+        if experiment
+        else client.create_experiment(name, artifact_location=(store / "artifacts").as_uri())
+    )
+    run = client.create_run(experiment_id)
+    client.log_artifacts(run.info.run_id, str(artifact_dir), artifact_path="model")
+    client.set_terminated(run.info.run_id)
+    try:
+        client.get_registered_model(name)
+    except mlflow.exceptions.MlflowException:
+        client.create_registered_model(name)
+    version = client.create_model_version(
+        name, source=f"{run.info.artifact_uri}/model", run_id=run.info.run_id
+    )
+    if alias:
+        client.set_registered_model_alias(name, alias, version.version)
+    return str(version.version)
+
+
+@pytest.fixture(scope="session")
+def register_artifact():
+    """`register_artifact(store_dir, artifact_dir, name, alias="production") -> version`."""
+    return _register_artifact
