@@ -25,7 +25,8 @@ Metric = Literal["lee_pearson", "faq_mrr10", "faq_de_mrr10", "faq_fr_mrr10", "bi
 
 class Distillation(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    keep_layers: list[int]
+    layers: int = Field(3, ge=1, description="transformer layers the student keeps")
+    keep_layers: list[int] | None = None  # which ones; unset: chosen greedily (distill.choose_layers)
     corpus: Literal["english", "multilingual"] = "english"
     corpus_limit: int = 6000
     epochs: int = 3

@@ -12,9 +12,11 @@ from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
+
 from optimize import variants as v
-from optimize.config import ModelPlan
-from optimize.distill import DistillSettings, distill, layer_pruned, teacher_states
+from optimize.config import Distillation, ModelPlan
+from optimize.distill import DistillSettings, choose_layers, distill, layer_pruned, teacher_states
 from runtimes.artifact import read_manifest
 from runtimes.catalog import ModelSpec
 from runtimes.engines.onnx_engine import export_onnx
@@ -47,12 +49,20 @@ class VariantFactory:
         return v.Built(out, read_manifest(out), stats)
 
     @property
+    def distillation(self) -> Distillation:
+        if self.plan.distillation is None:
+            raise ValueError(
+                f"{self.spec.name}: pruned and distilled variants need `distillation:` in optimize.yaml"
+            )
+        return self.plan.distillation
+
+    @property
     def student_key(self) -> str:
         """Names the student by its settings, so changed settings train a new one."""
         d = self.plan.distillation
         if d is None:
             return "student-none"
-        layers = "-".join(map(str, d.keep_layers))
+        layers = "-".join(map(str, d.keep_layers)) if d.keep_layers else f"auto{d.layers}"
         return f"student-l{layers}-n{d.corpus_limit}-t{d.max_tokens}-e{d.epochs}-s{int(d.max_seconds)}"
 
     # Shared steps -------------------------------------------------------------------------------
@@ -61,14 +71,40 @@ class VariantFactory:
         return export_onnx(self.model_dir, self.work / "onnx" / "base")
 
     @cached_property
+    def teacher_data(self) -> tuple[list[list[int]], list[np.ndarray], int]:
+        """The corpus as token ids (cut to `max_tokens`), the teacher's token states, the pad id."""
+        teacher = self.teacher()
+        hidden = getattr(teacher.engine, "hidden_states", None)
+        if hidden is None:
+            raise TypeError(f"the teacher engine {teacher.engine.name} does not expose token states")
+        cut = self.distillation.max_tokens
+        ids = [_truncate(e.ids, cut) for e in teacher.tokenizer.encode_batch(self.corpus())]
+        return ids, teacher_states(hidden, ids, pad_id=teacher.pad_id), teacher.pad_id
+
+    @cached_property
+    def keep_layers(self) -> tuple[int, ...]:
+        d = self.distillation
+        if d.keep_layers:
+            return tuple(d.keep_layers)
+        saved = self.work / f"layers-auto{d.layers}-n{d.corpus_limit}-t{d.max_tokens}.json"
+        if saved.exists():
+            return tuple(json.loads(saved.read_text()))
+        ids, states, pad_id = self.teacher_data
+        keep = choose_layers(self.model_dir, ids, states, d.layers, pad_id=pad_id)
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        saved.write_text(json.dumps(keep))
+        return keep
+
+    @cached_property
     def student_dir(self) -> Path:
-        d = self.plan.distillation
-        if d is None:
-            raise ValueError(
-                f"{self.spec.name}: the distilled variants need `distillation:` in optimize.yaml"
-            )
+        d = self.distillation
+        out = self.work / self.student_key
+        if (out / "training.json").exists():  # trained before with the same settings
+            stats = json.loads((out / "training.json").read_text())
+            self.stats["distilled"] = self.stats["distilled-int8"] = stats
+            return out
         settings = DistillSettings(
-            keep_layers=tuple(d.keep_layers),
+            keep_layers=self.keep_layers,
             epochs=d.epochs,
             batch_size=d.batch_size,
             max_tokens=d.max_tokens,
@@ -76,20 +112,8 @@ class VariantFactory:
             token_weight=d.token_weight,
             max_seconds=d.max_seconds,
         )
-        out = self.work / self.student_key
-        if (out / "training.json").exists():  # trained before with the same settings
-            self.stats["distilled"] = self.stats["distilled-int8"] = json.loads(
-                (out / "training.json").read_text()
-            )
-            return out
-        teacher = self.teacher()
-        texts = self.corpus()
-        ids = [_truncate(e.ids, settings.max_tokens) for e in teacher.tokenizer.encode_batch(texts)]
-        hidden = getattr(teacher.engine, "hidden_states", None)
-        if hidden is None:
-            raise TypeError(f"the teacher engine {teacher.engine.name} does not expose token states")
-        states = teacher_states(hidden, ids, pad_id=teacher.pad_id)
-        _, stats = distill(self.model_dir, ids, states, settings, out, pad_id=teacher.pad_id)
+        ids, states, pad_id = self.teacher_data
+        _, stats = distill(self.model_dir, ids, states, settings, out, pad_id=pad_id)
         (out / "training.json").write_text(json.dumps(stats))
         self.stats["distilled"] = self.stats["distilled-int8"] = stats
         return out
@@ -110,7 +134,8 @@ class VariantFactory:
         )
 
     def _onnx_int8(self, out: Path) -> None:
-        int8 = v.dynamic_int8(self.base_onnx, self.work / "int8")
+        fused = v.graph_optimized(self.base_onnx, self.work / "fused")
+        int8 = v.dynamic_int8(fused, self.work / "fused-int8")
         v.onnx_artifact(self.spec.name, "onnx-int8", "int8", int8, self.model_dir, out)
 
     def _torch_int8(self, out: Path) -> None:
@@ -125,21 +150,25 @@ class VariantFactory:
         v.onnx_artifact(self.spec.name, "pruned-l1", "fp32", onnx, self.model_dir, out, notes=notes)
 
     def _pruned_layers(self, out: Path) -> None:
-        keep = self.plan.distillation.keep_layers if self.plan.distillation else [0, 2, 4]
+        keep = list(self.keep_layers)
         folder = layer_pruned(self.model_dir, keep, self.work / f"layers-{'-'.join(map(str, keep))}")
         onnx = export_onnx(folder, folder.with_name(folder.name + "-onnx"))
         notes = f"layers {keep} kept, no training: what structured pruning alone costs"
         v.onnx_artifact(self.spec.name, "pruned-layers", "fp32", onnx, self.model_dir, out, notes=notes)
 
     def _distilled(self, out: Path) -> None:
-        notes = f"layers {self.plan.distillation.keep_layers if self.plan.distillation else []} kept, trained"
+        notes = f"layers {list(self.keep_layers)} of the teacher kept, then trained on its token states"
         v.onnx_artifact(
             self.spec.name, "distilled", "fp32", self.student_onnx, self.model_dir, out, notes=notes
         )
 
     def _distilled_int8(self, out: Path) -> None:
-        int8 = v.dynamic_int8(self.student_onnx, self.student_dir.with_name(self.student_dir.name + "-int8"))
-        v.onnx_artifact(self.spec.name, "distilled-int8", "int8", int8, self.model_dir, out)
+        fused = v.graph_optimized(
+            self.student_onnx, self.student_dir.with_name(self.student_dir.name + "-fused")
+        )
+        int8 = v.dynamic_int8(fused, self.student_dir.with_name(self.student_dir.name + "-fused-int8"))
+        notes = f"layers {list(self.keep_layers)}, trained, attention fused, dynamic INT8"
+        v.onnx_artifact(self.spec.name, "distilled-int8", "int8", int8, self.model_dir, out, notes=notes)
 
 
 def _truncate(ids: list[int], max_tokens: int) -> list[int]:

@@ -3,8 +3,9 @@
 - ONNX FP32: optimum's exporter; ONNX Runtime applies its graph optimisations at load.
 - ONNX FP16: weights and activations in half precision, inputs/outputs kept FP32. A GPU target:
   CPUs lack fast FP16 kernels, so it is measured here only to show its quality, and marked so.
-- ONNX dynamic INT8 (optimum's ORTQuantizer): int8 weights, activations quantised per batch, no
-  calibration data. This CPU has AVX2 but not AVX-512 VNNI, hence the avx2 configuration.
+- Graph optimisation (optimum's ORTOptimizer): attention, LayerNorm and GELU fused into single ops.
+- ONNX dynamic INT8 (ONNX Runtime): int8 weights, activations quantised per batch, no calibration
+  data, applied to the fused graph.
 - PyTorch dynamic INT8: the FP32 folder plus an instruction the loader applies (quantize_dynamic).
 - Unstructured L1 pruning: the smallest weights set to zero. Dense kernels multiply zeros as fast
   as anything else, so it saves nothing here; it is measured to show exactly that.
@@ -24,24 +25,59 @@ log = logging.getLogger(__name__)
 
 INT8_FILE = "model_quantized.onnx"
 FP16_FILE = "model_fp16.onnx"
+OPTIMIZED_FILE = "model_optimized.onnx"
 
 
-def dynamic_int8(onnx_path: Path, out_dir: Path, per_channel: bool = True) -> Path:
-    """Quantise `onnx_path` (an optimum export folder's model.onnx) into `out_dir` once; reuse it after."""
-    target = out_dir / INT8_FILE
+def graph_optimized(onnx_path: Path, out_dir: Path) -> Path:
+    """ONNX Runtime's transformer fusions (attention, LayerNorm, GELU, bias adds) baked into the file.
+
+    optimum's ORTOptimizer at level 2, for CPU, exact GELU. Done offline because the session's own
+    optimisation at load does not fuse BERT attention; measured here, INT8 of the fused graph ran
+    ~25% faster than INT8 of the plain export at the same Lee correlation.
+    """
+    target = out_dir / OPTIMIZED_FILE
     if target.exists():
         return target
-    from optimum.onnxruntime import ORTQuantizer
-    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+    from optimum.onnxruntime import ORTOptimizer
+    from optimum.onnxruntime.configuration import OptimizationConfig
 
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    log.info("dynamic INT8 of %s -> %s", onnx_path, out_dir)
-    quantizer = ORTQuantizer.from_pretrained(onnx_path.parent, file_name=onnx_path.name)
-    config = AutoQuantizationConfig.avx2(is_static=False, per_channel=per_channel)
-    quantizer.quantize(quantization_config=config, save_dir=tmp)
+    optimizer = ORTOptimizer.from_pretrained(onnx_path.parent, file_names=[onnx_path.name])
+    config = OptimizationConfig(optimization_level=2, optimize_for_gpu=False, enable_gelu_approximation=False)
+    optimizer.optimize(save_dir=tmp, optimization_config=config)
+    produced = next(tmp.glob("*.onnx"))
+    if produced.name != OPTIMIZED_FILE:
+        produced.rename(tmp / OPTIMIZED_FILE)
     shutil.rmtree(out_dir, ignore_errors=True)
     tmp.rename(out_dir)
+    return target
+
+
+def dynamic_int8(onnx_path: Path, out_dir: Path, per_channel: bool = True) -> Path:
+    """Quantise `onnx_path` into `out_dir` once; reuse it after.
+
+    ONNX Runtime's `quantize_dynamic` (the engine under optimum's ORTQuantizer, called directly
+    because the fused graph's contrib ops need `DefaultTensorType`, which optimum does not pass).
+    Signed int8 weights per output channel, unsigned int8 activations: the AVX2 kernels' layout.
+    """
+    target = out_dir / INT8_FILE
+    if target.exists():
+        return target
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    log.info("dynamic INT8 of %s -> %s", onnx_path, out_dir)
+    quantize_dynamic(
+        str(onnx_path),
+        str(tmp),
+        per_channel=per_channel,
+        weight_type=QuantType.QInt8,
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
+    tmp.rename(target)
     return target
 
 

@@ -137,11 +137,9 @@ class Traffic:
         self.thread.join(timeout=90)
 
 
-def test_shipped_service_without_a_store_serves_base_and_creates_none(service):
-    """configs/serve.yaml as shipped: no mlflow/mlflow.db yet, so both models serve base and say why."""
-    db = DEFAULT_CONFIG.parents[1] / "mlflow" / "mlflow.db"
-    if db.exists():
-        pytest.skip(f"{db} exists: the shipped service serves what that registry says")
+def test_shipped_service_without_a_store_serves_base_and_creates_none(service, empty_store):
+    """configs/serve.yaml with no tracking store yet (a fresh checkout): both models serve base, say why."""
+    db = empty_store
     for model in (MINILM, "multilingual-e5-small"):
         now = httpx.get(f"{service}/v1/models/{model}", timeout=30).json()
         assert now["variant"] == "base" and now["variant_source"] == "base" and now["variant_uri"] is None
