@@ -41,7 +41,9 @@ def experiment_for(client: MlflowClient, model: str, artifact_root: Path) -> str
 
 def log_variant(result: VariantResult, report: dict[str, Any]) -> str:
     """A nested run for one variant (inside the active pipeline run); returns the run id."""
-    with mlflow.start_run(run_name=result.label, nested=True) as run:
+    parent = mlflow.active_run()
+    experiment = parent.info.experiment_id if parent else None  # nested runs do not inherit it
+    with mlflow.start_run(run_name=result.label, nested=True, experiment_id=experiment) as run:
         mlflow.set_tags({"variant": result.variant, "precision": result.precision, "target": result.target})
         mlflow.log_params({"variant": result.variant, "precision": result.precision, **result.params})
         mlflow.log_metrics({**result.metrics, "quality_pct_of_fp32": result.quality_pct})
