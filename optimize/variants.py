@@ -19,7 +19,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtimes.artifact import Manifest, tokenizer_sources, write_artifact
+from runtimes.artifact import MANIFEST, Manifest, tokenizer_sources, write_artifact
 
 log = logging.getLogger(__name__)
 
@@ -148,5 +148,9 @@ def folder_artifact(model: str, variant: str, folder: Path, out: Path, torch_int
         torch_quantization="dynamic_int8" if torch_int8 else "none",
         notes=notes,
     )
-    sources = {p.name: p for p in folder.iterdir() if p.is_file() and p.suffix in (".json", ".safetensors")}
+    sources = {
+        p.name: p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix in (".json", ".safetensors") and p.name != MANIFEST
+    }
     return write_artifact(out, manifest, {**tokenizer_sources(folder), **sources})

@@ -61,6 +61,8 @@ def write_artifact(out_dir: Path, manifest: Manifest, sources: Mapping[str, Path
 
     Written beside the target and renamed, so a half-written artifact never looks finished.
     """
+    if MANIFEST in sources:
+        raise ArtifactError(f"{MANIFEST} is the artifact's own file; a source may not be named so")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
     try:
