@@ -95,3 +95,20 @@ def test_a_deployment_serves_the_promoted_variant(quick_run, tmp_path):
         assert v[0] @ v[1] > v[0] @ v[2] + 0.2  # the served variant still knows a paraphrase
     finally:
         service.stop()
+
+
+def test_gpu_figures_land_in_mlflow_labelled_with_their_device(quick_run):
+    from mlflow import MlflowClient
+
+    uri, results, _ = quick_run
+    gpu = ROOT / "results" / "optimize" / "gpu-h100.json"
+    cmd = [sys.executable, "-m", "optimize", "--gpu-results", str(gpu), "--tracking-uri", uri,
+           "--artifact-root", str(results.parent / "artifacts")]  # fmt: skip
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name(f"optimize/{MINILM}")
+    runs = client.search_runs([experiment.experiment_id], "tags.target = 'gpu'")
+    rows = json.loads(gpu.read_text())
+    assert len(runs) == len(rows)
+    assert all("H100" in r.data.tags["device"] and r.data.metrics["sentences_per_s_b32"] > 0 for r in runs)
