@@ -164,10 +164,10 @@ def test_serves_the_production_alias_then_switches_live(registry_service, minilm
     # Live switch to the base model under traffic: every request answered, none dropped.
     with Traffic(base) as traffic:
         time.sleep(1)
+        deploy_started_at = len(traffic.statuses)  # the switch can finish before `serve deploy` returns
         deploy(running, ray_tmp, "base", tmp_path / "base.yaml")
-        switched_at = len(traffic.statuses)
         now = wait_for_card(base, lambda c: c["variant"] == "base")
-        during_switch = len(traffic.statuses) - switched_at
+        during_switch = len(traffic.statuses) - deploy_started_at
         time.sleep(1)
     assert traffic.statuses and set(traffic.statuses) == {200}, traffic.statuses
     assert during_switch >= 3, f"only {during_switch} requests while the variant switched"
