@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from runtimes.artifact import Manifest, verify_artifact
 from runtimes.catalog import ModelSpec, cache_root, fingerprint, resolve_model_dir
 from runtimes.engines.base import EncoderEngine
 from runtimes.text_encoder import BatchLimits, TextEncoder
 from runtimes.tokenizer import load_tokenizer
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +52,15 @@ def load_text_encoder(
     tokenizer, pad_id = load_tokenizer(model_dir)
     built = build_engine(model_dir, engine, spec.name, threads=threads, device=device, cache=cache)
     log.info("loaded %s from %s on %s", spec.name, model_dir, built.name)
+    return _text_encoder(spec, tokenizer, built, pad_id, limits)
+
+
+def _text_encoder(
+    spec: ModelSpec, tokenizer: Tokenizer, engine: EncoderEngine, pad_id: int, limits: BatchLimits | None
+) -> TextEncoder:
     return TextEncoder(
         tokenizer,
-        built,
+        engine,
         max_length=spec.max_length,
         limits=limits,
         prefix=spec.prefix,
@@ -94,13 +103,4 @@ def load_artifact_encoder(
     tokenizer, pad_id = load_tokenizer(artifact_dir)
     built = build_artifact_engine(artifact_dir, manifest, threads=threads, device=device)
     log.info("loaded %s variant %s from %s on %s", spec.name, manifest.variant, artifact_dir, built.name)
-    encoder = TextEncoder(
-        tokenizer,
-        built,
-        max_length=spec.max_length,
-        limits=limits,
-        prefix=spec.prefix,
-        known_prefixes=spec.known_prefixes,
-        pad_id=pad_id,
-    )
-    return encoder, manifest
+    return _text_encoder(spec, tokenizer, built, pad_id, limits), manifest

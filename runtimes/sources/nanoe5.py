@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
-import hashlib
 import importlib.metadata
 import json
 import os
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from runtimes.artifact import sha256_file
 
 if TYPE_CHECKING:  # torch is imported only to convert; a cache hit needs none of it
     import torch
@@ -394,15 +395,6 @@ def build_tokenizer(f: E5File, max_length: int = 512) -> Any:
 
 
 # --------------------------------------------------------------------------- cache
-
-
-def sha256_file(path: Path) -> str:
-    """Streaming sha256, so checking a 470 MB safetensors file stays cheap on memory."""
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def cache_is_valid(out_dir: Path, source_sha: str) -> bool:
