@@ -20,7 +20,7 @@ export RAY_TMPDIR="${RAY_TMPDIR:-/tmp/ig-peers-ray}"
 # requests count as the `dev` tenant (they still pass rate limits, admission queues and metrics).
 CONFIG="$PEERS/infergraph-serve.yaml"
 uv run python -m bench.open_config configs/serve.yaml "$CONFIG"
-uv run serve run "$CONFIG" >"$PEERS/logs/infergraph.log" 2>&1 &
+uv run --env-file configs/serve.env serve run "$CONFIG" >"$PEERS/logs/infergraph.log" 2>&1 &
 SERVE_PID=$!
 trap 'kill -TERM $SERVE_PID 2>/dev/null; wait $SERVE_PID 2>/dev/null' EXIT
 T0=$SECONDS

@@ -19,11 +19,41 @@ from pathlib import Path
 
 import httpx
 import yaml
+from dotenv import dotenv_values
 
 from bench.loadgen import DEV_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "serve.yaml"
+DEFAULT_ENV_FILE = ROOT / "configs" / "serve.env"  # what `uv run --env-file configs/serve.env` sets
+
+
+def serve_env(env_file: Path | None, workdir: Path) -> dict[str, str]:
+    """The environment `serve run` gets: this one, plus `env_file` (it does not override what is set).
+
+    Under HAProxy, Serve's defaults put HAProxy's files under /tmp/haproxy-serve, and its stats, its
+    metrics and the fallback Python proxy (SO_REUSEPORT: two instances would share its requests) on
+    fixed ports; each instance gets its own here, so several can run side by side.
+    """
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    if env_file is not None:
+        for key, value in dotenv_values(env_file).items():
+            if value is not None:
+                env.setdefault(key, value)
+    env.setdefault("RAY_TMPDIR", str(workdir / "ray"))
+    if env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+        haproxy = workdir / "haproxy"
+        haproxy.mkdir(exist_ok=True)
+        env.setdefault("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", str(haproxy / "haproxy.cfg"))
+        env.setdefault("RAY_SERVE_HAPROXY_SOCKET_PATH", str(haproxy / "admin.sock"))
+        env.setdefault("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", str(haproxy))
+        env.setdefault("RAY_SERVE_HAPROXY_SERVER_STATE_FILE", str(haproxy / "server-state"))
+        env.setdefault("RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH", str(haproxy / "metrics.sock"))
+        env.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
+        env.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
+        env.setdefault("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", str(free_port()))
+        env.setdefault("RAY_SERVE_FALLBACK_PROXY_GRPC_PORT", str(free_port()))
+    return env
 
 
 def free_port() -> int:
@@ -82,9 +112,13 @@ class RunningService:
 
 
 def start_service(
-    config: Path = DEFAULT_CONFIG, port: int | None = None, ready_timeout_s: float = 600
+    config: Path = DEFAULT_CONFIG,
+    port: int | None = None,
+    ready_timeout_s: float = 600,
+    env_file: Path | None = DEFAULT_ENV_FILE,
 ) -> RunningService:
-    """Launch `serve run` on a copy of `config` with only the port changed; wait until it answers."""
+    """Launch `serve run` on a copy of `config` with only the port changed, in the environment of
+    `env_file` (None: Serve's defaults); wait until it answers."""
     cfg = yaml.safe_load(config.read_text())
     port = port or free_port()
     cfg["http_options"]["port"] = port
@@ -92,8 +126,7 @@ def start_service(
     cfg_path = workdir / "serve.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     log = workdir / "serve.log"
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
-    env.setdefault("RAY_TMPDIR", str(workdir / "ray"))
+    env = serve_env(env_file, workdir)
     serve_cli = Path(sys.executable).parent / "serve"
     with open(log, "wb") as out:
         proc = subprocess.Popen(

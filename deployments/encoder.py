@@ -45,6 +45,14 @@ class BatchingConfig(BaseModel):
     batch_wait_timeout_s: float = Field(0.004, ge=0, description="how long a batch waits to fill")
     max_forward_sequences: int = Field(16, ge=1, description="sequences per engine forward pass")
     max_forward_tokens: int = Field(512, ge=1, description="padded tokens per engine forward pass")
+    max_forward_padding_ratio: float = Field(
+        1.25, ge=1.0, description="padded / real tokens per forward pass; more padding: another pass"
+    )
+
+    def limits(self) -> BatchLimits:
+        return BatchLimits(
+            self.max_forward_sequences, self.max_forward_tokens, self.max_forward_padding_ratio
+        )
 
 
 class EncoderConfig(BatchingConfig):
@@ -104,6 +112,10 @@ class TextEncoderDeployment:
         self.spec = ModelSpec.model_validate(spec)
         self.engine_kind = engine
         self.threads = threads or int(os.environ.get("INFERGRAPH_ENGINE_THREADS", os.cpu_count() or 1))
+        # ONNX runs this many forward passes at once (default: one single-threaded pass per thread).
+        self.lanes = (
+            int(os.environ["INFERGRAPH_ENGINE_LANES"]) if os.environ.get("INFERGRAPH_ENGINE_LANES") else None
+        )
         self.tracking_uri = tracking_uri
         self.default_variant = default_variant
         self.registry_cache = Path(registry_cache) if registry_cache else None
@@ -141,17 +153,18 @@ class TextEncoderDeployment:
         """Build, and warm, the encoder for a resolved variant; blocking."""
         from runtimes.loader import load_artifact_encoder, load_text_encoder  # engines stay out of the app
 
-        limits = BatchLimits(self.config.max_forward_sequences, self.config.max_forward_tokens)
+        limits = self.config.limits()
         if resolved.artifact_dir is None:
             encoder = load_text_encoder(
                 self.spec,
                 engine=self.engine_kind,  # type: ignore[arg-type]
                 threads=self.threads,
                 limits=limits,
+                lanes=self.lanes,
             )
         else:
             encoder, _ = load_artifact_encoder(
-                self.spec, resolved.artifact_dir, threads=self.threads, limits=limits
+                self.spec, resolved.artifact_dir, threads=self.threads, limits=limits, lanes=self.lanes
             )
         encoder.encode(WARM_UP)
         return encoder
@@ -180,7 +193,7 @@ class TextEncoderDeployment:
             log.error("%s: %s", self.spec.name, self.variant_error)
             return
         # One assignment each, no await between them: batches that started keep their encoder.
-        encoder.limits = BatchLimits(self.config.max_forward_sequences, self.config.max_forward_tokens)
+        encoder.limits = self.config.limits()
         self.encoder, self.resolved, self.variant_error = encoder, resolved, None
         self.stats["variant_switches"] += 1
         self._log_serving(resolved)
@@ -191,7 +204,7 @@ class TextEncoderDeployment:
         self.config = config
         self.batcher.max_weight = config.max_batch_sentences
         self.batcher.wait_s = config.batch_wait_timeout_s
-        self.encoder.limits = BatchLimits(config.max_forward_sequences, config.max_forward_tokens)
+        self.encoder.limits = config.limits()
         if config.variant != previous_variant:  # batching-only changes reload nothing
             async with self._switching:
                 await self._switch_variant(config.variant)
@@ -204,6 +217,7 @@ class TextEncoderDeployment:
             "dimensions": self.encoder.dim,
             "max_input_tokens": self.spec.max_length,
             "engine": self.encoder.engine.name,
+            "forward_lanes": self.encoder.lanes,
             "variant": resolved.variant,
             "variant_uri": resolved.uri,
             "variant_source": resolved.source,

@@ -56,6 +56,7 @@ class ModelCard(BaseModel):
     dimensions: int
     max_input_tokens: int
     engine: str
+    forward_lanes: int = Field(1, description="forward passes the replica runs at once")
     variant: str = Field(description="the served variant (manifest.variant), or 'base'")
     variant_uri: str | None = Field(
         None, description="models:/<name>/<version> when it came from the registry"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -18,6 +19,16 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EngineKind = Literal["onnx", "torch"]
+
+
+def split_threads(threads: int | None, lanes: int | None) -> tuple[int, int]:
+    """(intra-op threads per forward pass, passes at once) for an engine that allows concurrent calls.
+
+    By default one single-threaded pass per core: small passes gain little from intra-op threads.
+    """
+    cores = threads or os.cpu_count() or 1
+    lanes = max(1, min(lanes or cores, cores))
+    return max(1, cores // lanes), lanes
 
 
 def build_engine(
@@ -47,16 +58,26 @@ def load_text_encoder(
     device: str = "cpu",
     limits: BatchLimits | None = None,
     cache: Path | None = None,
+    lanes: int | None = None,
 ) -> TextEncoder:
+    """`threads`: cores to use; ONNX splits them into `lanes` concurrent passes (default: one per core)."""
     model_dir = resolve_model_dir(spec, cache)
     tokenizer, pad_id = load_tokenizer(model_dir)
+    lanes_used = 1
+    if engine == "onnx":
+        threads, lanes_used = split_threads(threads, lanes)
     built = build_engine(model_dir, engine, spec.name, threads=threads, device=device, cache=cache)
     log.info("loaded %s from %s on %s", spec.name, model_dir, built.name)
-    return _text_encoder(spec, tokenizer, built, pad_id, limits)
+    return _text_encoder(spec, tokenizer, built, pad_id, limits, lanes_used)
 
 
 def _text_encoder(
-    spec: ModelSpec, tokenizer: Tokenizer, engine: EncoderEngine, pad_id: int, limits: BatchLimits | None
+    spec: ModelSpec,
+    tokenizer: Tokenizer,
+    engine: EncoderEngine,
+    pad_id: int,
+    limits: BatchLimits | None,
+    lanes: int = 1,
 ) -> TextEncoder:
     return TextEncoder(
         tokenizer,
@@ -66,6 +87,7 @@ def _text_encoder(
         prefix=spec.prefix,
         known_prefixes=spec.known_prefixes,
         pad_id=pad_id,
+        lanes=lanes,
     )
 
 
@@ -95,12 +117,16 @@ def load_artifact_encoder(
     threads: int | None = None,
     device: str = "cpu",
     limits: BatchLimits | None = None,
+    lanes: int | None = None,
 ) -> tuple[TextEncoder, Manifest]:
     """A `TextEncoder` over an optimize artifact, after verifying every file's checksum."""
     manifest = verify_artifact(artifact_dir)
     if manifest.model != spec.name:
         raise ValueError(f"artifact {artifact_dir} is a variant of {manifest.model!r}, not {spec.name!r}")
     tokenizer, pad_id = load_tokenizer(artifact_dir)
+    lanes_used = 1
+    if manifest.format == "onnx":
+        threads, lanes_used = split_threads(threads, lanes)
     built = build_artifact_engine(artifact_dir, manifest, threads=threads, device=device)
     log.info("loaded %s variant %s from %s on %s", spec.name, manifest.variant, artifact_dir, built.name)
-    return _text_encoder(spec, tokenizer, built, pad_id, limits), manifest
+    return _text_encoder(spec, tokenizer, built, pad_id, limits, lanes_used), manifest

@@ -50,7 +50,12 @@ def export_onnx(model_dir: Path, out_dir: Path, opset: int = 18) -> Path:
 
 
 class OnnxEngine:
-    """ONNX Runtime CPU session over an exported encoder; pooling in numpy."""
+    """ONNX Runtime CPU session over an exported encoder; pooling in numpy.
+
+    `session.run` is thread-safe, so a `TextEncoder` may run several passes on it at once (lanes).
+    """
+
+    concurrent_calls = True
 
     def __init__(self, onnx_path: Path, threads: int | None = None, spin: bool = False) -> None:
         opts = ort.SessionOptions()

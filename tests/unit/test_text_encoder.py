@@ -104,6 +104,29 @@ def test_plan_batches_limits_padding():
     assert padded < 0.7 * arrival
 
 
+def test_plan_batches_caps_padding_per_real_token():
+    """No pass pads more than `max_padding_ratio` of its real tokens (a lone sentence pads nothing)."""
+    rng = np.random.default_rng(2)
+    lengths = [int(x) for x in rng.integers(5, 100, size=400)]
+    limits = BatchLimits(max_sequences=16, max_padded_tokens=4096, max_padding_ratio=1.1)
+    batches = plan_batches(lengths, limits)
+    assert sorted(i for b in batches for i in b) == list(range(400))
+    for b in batches:
+        assert len(b) * max(lengths[i] for i in b) <= 1.1 * sum(lengths[i] for i in b)
+    equal_only = plan_batches([7, 9, 7, 9, 7], BatchLimits(max_padding_ratio=1.0))
+    assert sorted(map(sorted, equal_only)) == [[0, 2, 4], [1, 3]]
+
+
+def test_concurrent_lanes_give_the_same_vectors_in_order(minilm_onnx):
+    """Passes run on two threads at once come back in the caller's order, equal to one at a time."""
+    from runtimes.text_encoder import TextEncoder
+
+    assert minilm_onnx.lanes == 2  # the loader's default for ONNX with 2 threads
+    one_lane = TextEncoder(minilm_onnx.tokenizer, minilm_onnx.engine, max_length=256, lanes=1)
+    texts = [f"{t} {i}" for i, t in enumerate(MIXED * 3)]
+    np.testing.assert_allclose(minilm_onnx.encode(texts), one_lane.encode(texts), atol=1e-5)
+
+
 TRICKY = [
     "Hello, World!",
     "query: Ünïcödé façade — naïve café",
