@@ -46,7 +46,7 @@ class BatchingConfig(BaseModel):
     max_forward_sequences: int = Field(16, ge=1, description="sequences per engine forward pass")
     max_forward_tokens: int = Field(512, ge=1, description="padded tokens per engine forward pass")
     max_forward_padding_ratio: float = Field(
-        1.25, ge=1.0, description="padded / real tokens per forward pass; more padding: another pass"
+        1.15, ge=1.0, description="padded / real tokens per forward pass; more padding: another pass"
     )
 
     def limits(self) -> BatchLimits:
