@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
 from deployments.encoder import TextEncoderDeployment
@@ -24,6 +24,7 @@ class RegistryArgs(BaseModel):
     tracking_uri: str = "sqlite:///mlflow/mlflow.db"  # relative SQLite paths: the checkout's (launch_root)
     default_variant: str = "models:/{name}@production"  # `{name}`: the model; "base" skips the registry
     cache_dir: str | None = None  # downloaded variants; default ~/.cache/infergraph/registry
+    alias_refresh_s: float = Field(30.0, ge=0)  # how often replicas check where an alias points; 0: never
 
 
 class AppArgs(BaseModel):
@@ -62,6 +63,7 @@ def build_app(args: dict[str, Any]) -> Application:
             tracking_uri=tracking_uri,
             default_variant=opts.registry.default_variant.format(name=name),
             registry_cache=cache,
+            alias_refresh_s=opts.registry.alias_refresh_s,
         )
     return Router.bind(  # type: ignore[attr-defined]
         handles,

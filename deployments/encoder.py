@@ -9,7 +9,9 @@ cost accounting in the router.
 What it serves is a *variant* (deployments/variants.py): by default the registry's
 `models:/<name>@production`, else the base model; `user_config.variant` switches it live. The new
 variant is downloaded, verified, loaded and warmed in a thread while the old one keeps serving,
-then swapped in; a request is always computed by the encoder that tokenized it.
+then swapped in; a request is always computed by the encoder that tokenized it. When the variant is
+an alias, the replica checks every `alias_refresh_s` where it points, and follows it the same way
+when the optimize pipeline moves it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
 
 from deployments.schemas import EmbedResult
-from deployments.variants import BASE, ResolvedVariant, resolve_variant
+from deployments.variants import BASE, ResolvedVariant, alias_version, resolve_variant
 from runtimes.batching import DeadlineExceededError, PriorityBatcher
 from runtimes.catalog import ModelSpec
 from runtimes.text_encoder import BatchLimits, InputTooLongError, TextEncoder
@@ -108,6 +110,7 @@ class TextEncoderDeployment:
         tracking_uri: str = "",
         default_variant: str = BASE,
         registry_cache: str | None = None,
+        alias_refresh_s: float = 0.0,
     ) -> None:
         self.spec = ModelSpec.model_validate(spec)
         self.engine_kind = engine
@@ -126,6 +129,9 @@ class TextEncoderDeployment:
         self.stats = Counter[str]()  # requests, grouped_calls, batches, sentences: is batching working?
         self.variant_error: str | None = None
         self._switching = asyncio.Lock()
+        self.alias_refresh_s = alias_refresh_s  # 0: a moved alias is noticed at the next start or deploy
+        self._alias_task: asyncio.Task | None = None
+        self._alias_failed: str | None = None  # the alias's version that failed to load: not retried
         # At start a variant that cannot be served fails the replica (except a default with no
         # registry entry, which serves the base model): there is nothing older to keep serving.
         self.resolved = self._resolve(self.config.variant)
@@ -176,29 +182,59 @@ class TextEncoderDeployment:
         else:
             log.info("%s serves %s on %s: %s", self.spec.name, resolved.variant, engine, resolved.reason)
 
-    async def _switch_variant(self, variant: str | None) -> None:
-        """Resolve + load + warm in a thread while the current encoder serves, then swap it in."""
+    async def _switch_variant(self, variant: str | None, moved_alias: bool = False) -> bool:
+        """Resolve + load + warm in a thread while the current encoder serves, then swap it in.
+
+        `moved_alias`: the same request string now names another version. False when nothing changed.
+        """
         requested = self._requested(variant)
-        if requested == self.resolved.requested:
+        if requested == self.resolved.requested and not moved_alias:
             self.variant_error = None  # asked for what is served (again): nothing to load
-            return
+            return False
         log.info("%s: switching variant %s -> %s", self.spec.name, self.resolved.requested, requested)
         try:
             resolved = await asyncio.to_thread(self._resolve, variant)
+            if moved_alias and resolved.uri == self.resolved.uri:
+                return False
             encoder = await asyncio.to_thread(self._load, resolved)
         except Exception as exc:  # keep serving what is loaded; say why in logs and the card
             self.variant_error = (
                 f"variant {requested!r} not loaded, still serving {self.resolved.requested!r}: {exc}"
             )
             log.error("%s: %s", self.spec.name, self.variant_error)
-            return
+            return False
         # One assignment each, no await between them: batches that started keep their encoder.
         encoder.limits = self.config.limits()
         self.encoder, self.resolved, self.variant_error = encoder, resolved, None
         self.stats["variant_switches"] += 1
         self._log_serving(resolved)
+        return True
+
+    def _follow_alias(self) -> None:
+        """Start, once, the check that follows a moved alias (it needs the replica's event loop)."""
+        if self.alias_refresh_s > 0 and (self._alias_task is None or self._alias_task.done()):
+            self._alias_task = asyncio.get_running_loop().create_task(self._alias_loop())
+
+    async def _alias_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.alias_refresh_s)
+            requested = self._requested(self.config.variant)
+            try:
+                version = await asyncio.to_thread(alias_version, requested, self.tracking_uri)
+            except Exception as exc:  # a store that cannot be read now: keep serving, ask again
+                log.warning("%s: could not read where %s points: %s", self.spec.name, requested, exc)
+                continue
+            if version is None or version in (self.resolved.version, self._alias_failed):
+                continue  # not an alias, gone (keep what serves), unmoved, or already failed
+            log.info("%s: %s moved to version %s", self.spec.name, requested, version)
+            async with self._switching:
+                if await self._switch_variant(self.config.variant, moved_alias=True):
+                    self._alias_failed = None
+                elif self.variant_error:
+                    self._alias_failed = version
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        self._follow_alias()
         config = EncoderConfig.model_validate(user_config or {})
         previous_variant = self.config.variant
         self.config = config
@@ -239,6 +275,7 @@ class TextEncoderDeployment:
         batch queue, and work still queued at its deadline is refused without being computed.
         """
         self.stats["requests"] += 1
+        self._follow_alias()
         encoder = self.encoder  # the one that tokenizes is the one that computes, across a swap
         try:
             ids = encoder.tokenize(texts)

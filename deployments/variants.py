@@ -152,6 +152,29 @@ def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
     )
 
 
+def alias_version(uri: str, tracking_uri: str) -> str | None:
+    """The version `models:/<name>@<alias>` points at now; None when the store, model or alias is not
+    there (or `uri` names no alias). Cheap enough to ask every few seconds: nothing is downloaded."""
+    try:
+        name, alias, _ = parse_models_uri(uri)
+    except VariantError:
+        return None
+    tracking_uri = absolute_tracking_uri(tracking_uri)
+    db = sqlite_file(tracking_uri)
+    if alias is None or (db is not None and not db.is_file()):
+        return None
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
 def resolve_variant(
     spec_name: str,
     variant: str,

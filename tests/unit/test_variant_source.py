@@ -203,13 +203,15 @@ def test_relative_sqlite_store_is_the_projects():
 # --- the deployment (its class, without Ray): what it serves, and live switches -----------------
 
 
-def make_deployment(tracking_uri: str, cache: Path, default_variant: str = DEFAULT):
+def make_deployment(
+    tracking_uri: str, cache: Path, default_variant: str = DEFAULT, alias_refresh_s: float = 0.0
+):
     from deployments.encoder import TextEncoderDeployment
     from runtimes.catalog import load_catalog
 
     spec = load_catalog(ROOT / "configs" / "models.yaml").get(MINILM)
     cls = TextEncoderDeployment.func_or_class  # type: ignore[attr-defined]
-    return cls(spec.model_dump(), "onnx", 2, tracking_uri, default_variant, str(cache))
+    return cls(spec.model_dump(), "onnx", 2, tracking_uri, default_variant, str(cache), alias_refresh_s)
 
 
 def test_deployment_without_registry_serves_base_and_says_why(tmp_path):
@@ -289,6 +291,34 @@ def test_deployment_keeps_serving_when_a_new_variant_fails(
     assert (
         card["variant_error"] is None and dep.encoder is serving and "variant_switches" not in card["stats"]
     )
+
+
+def test_deployment_follows_a_moved_alias_while_serving(store, cache, minilm_artifact, register_artifact):
+    """The pipeline moves `production` to a new version: the running replica switches to it by itself."""
+    from mlflow import MlflowClient
+
+    first = register_artifact(store, minilm_artifact, MINILM)
+    second = register_artifact(store, minilm_artifact, MINILM, alias=None)
+    dep = make_deployment(tracking(store), cache, alias_refresh_s=0.2)
+    assert dep.info()["variant_uri"] == f"models:/{MINILM}/{first}"
+
+    async def scenario():
+        answers = [await dep.embed(["before the move"])]  # the first request starts the check
+        client = MlflowClient(tracking_uri=tracking(store), registry_uri=tracking(store))
+        client.set_registered_model_alias(MINILM, "production", second)
+        for _ in range(600):
+            if dep.resolved.version == second:
+                break
+            answers.append(await dep.embed(["while the alias moves"]))
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1)  # more checks: an unmoved alias loads nothing again
+        return answers
+
+    answers = asyncio.run(scenario())
+    assert all(a.error is None for a in answers)
+    card = dep.info()
+    assert card["variant_uri"] == f"models:/{MINILM}/{second}" and card["variant_requested"] == DEFAULT
+    assert card["stats"]["variant_switches"] == 1 and card["variant_error"] is None
 
 
 def test_deployment_does_not_start_on_a_bad_explicit_variant(store, cache, monkeypatch):
