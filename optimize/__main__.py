@@ -22,7 +22,7 @@ from rich.console import Console
 from optimize import report, tracking
 from optimize.config import OptimizeConfig, load_config, project_path, sqlite_uri
 from optimize.gate import VariantResult, eligible
-from optimize.pipeline import Settings, run_model, winner
+from optimize.pipeline import Settings, head_to_head_with_base, run_model, winner
 
 
 def settings_for(config: OptimizeConfig, name: str, quick: bool) -> Settings:
@@ -71,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     everything: list[VariantResult] = []
     promoted: dict[str, str] = {}
     notes: dict[tuple[str, str], str] = {}
+    head_to_head: dict[str, tuple[str, dict[str, float]]] = {}
     parents: list[str] = []
     for name in names:
         plan = next(p for p in config.models if p.name == name)
@@ -94,7 +95,16 @@ def main(argv: list[str] | None = None) -> int:
                 console.print(
                     f"[red]{name}: no variant passes the gate; {config.gate.alias} alias left as it was"
                 )
-            elif not args.no_promote and best.version is not None:
+            else:
+                h2h = head_to_head_with_base(config, settings, best, console)
+                head_to_head[name] = (best.variant, h2h)
+                mlflow.log_metrics(h2h)  # on the pipeline run: the promoted variant vs the base
+                console.print(
+                    f"{name}: {best.variant} {h2h['h2h_speedup']:.2f}x the base head to head "
+                    f"({h2h['h2h_variant_sentences_per_s']:.0f} vs {h2h['h2h_base_sentences_per_s']:.0f} "
+                    f"sentences/s at batch {h2h['h2h_batch']:.0f})"
+                )
+            if best is not None and not args.no_promote and best.version is not None:
                 why = f"fastest variant with quality >= {config.gate.min_quality_pct}% of FP32"
                 tracking.promote(client, name, config.gate.alias, best.version, why)
                 promoted[name] = best.variant
@@ -108,11 +118,15 @@ def main(argv: list[str] | None = None) -> int:
     title = f"Variants measured {time.strftime('%Y-%m-%d %H:%M')} ({time.monotonic() - started:.0f} s)"
     console.print(report.console_table(everything, promoted, notes, title))
     summary_md = results_dir / "summary.md"
-    summary_md.write_text(f"# {title}\n\n" + report.markdown_table(everything, promoted, notes))
+    summary_md.write_text(
+        f"# {title}\n\n"
+        + report.markdown_table(everything, promoted, notes)
+        + report.head_to_head_lines(head_to_head)
+    )
     summary_json = results_dir / "summary.json"
     rows = [{"model": r.model, "variant": r.label, "quality_pct": r.quality_pct, "version": r.version,
              "promoted": promoted.get(r.model) == r.variant, **r.metrics} for r in everything]  # fmt: skip
-    summary_json.write_text(json.dumps(rows, indent=2))
+    summary_json.write_text(json.dumps({"variants": rows, "head_to_head": head_to_head}, indent=2))
     plot = report.plot(everything, promoted, config.gate.min_quality_pct, results_dir / "variants.png")
     for run_id in parents:
         with mlflow.start_run(run_id=run_id):

@@ -21,7 +21,7 @@ from optimize import data, evaluate
 from optimize.config import ModelPlan, OptimizeConfig, project_path
 from optimize.factory import VariantFactory
 from optimize.gate import VariantResult, choose, eligible
-from optimize.speed import resident_mb, speed_profile
+from optimize.speed import head_to_head, resident_mb, speed_profile
 from runtimes.catalog import ModelSpec, cache_root, fingerprint, load_catalog, resolve_model_dir
 from runtimes.loader import load_artifact_encoder, load_text_encoder
 from runtimes.text_encoder import TextEncoder
@@ -240,6 +240,21 @@ def run_model(
         del encoder
     report = {"model": spec.name, "reference": reference, "results": [_row(r, config) for r in results]}
     return results, report
+
+
+def head_to_head_with_base(
+    config: OptimizeConfig, settings: Settings, best: VariantResult, console: Console
+) -> dict[str, float]:
+    """The promoted variant against the PyTorch FP32 base in alternating passes at the largest batch."""
+    assert best.artifact is not None
+    spec = load_catalog(project_path(config.catalog)).get(best.model)
+    threads, batch = config.speed.threads, max(config.speed.batches)
+    texts = speed_corpus(settings.speed_sentences)
+    texts = texts[: max(len(texts) // 2, batch)]  # half the sentences, several rounds: under a minute
+    base = load_text_encoder(spec, engine="torch", threads=threads)
+    variant, _ = load_artifact_encoder(spec, best.artifact, threads=threads)
+    with console.status(f"{best.model}: {best.variant} vs the base, alternating passes at batch {batch}"):
+        return head_to_head(base.encode, variant.encode, texts, batch) | {"h2h_batch": float(batch)}
 
 
 def _row(r: VariantResult, config: OptimizeConfig) -> dict[str, Any]:

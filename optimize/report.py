@@ -63,6 +63,24 @@ def markdown_table(results, promoted, gate_notes) -> str:
     return "\n".join(lines) + "\n"
 
 
+def head_to_head_lines(head_to_head: dict[str, tuple[str, dict[str, float]]]) -> str:
+    """The gate winner against the base in alternating passes: the robust "x base" figure."""
+    if not head_to_head:
+        return ""
+    lines = [
+        "",
+        "Head to head with the PyTorch FP32 base (alternating passes, median of the rounds' ratios):",
+        "",
+    ]
+    for model, (variant, h) in head_to_head.items():
+        lines.append(
+            f"- {model}: {variant} {h['h2h_speedup']:.2f}x (worst round {h['h2h_speedup_min']:.2f}x), "
+            f"{h['h2h_variant_sentences_per_s']:.1f} vs {h['h2h_base_sentences_per_s']:.1f} sentences/s "
+            f"at batch {h['h2h_batch']:.0f}, {h['h2h_rounds']:.0f} rounds"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def plot(results: Sequence[VariantResult], promoted: dict[str, str], min_quality: float, path: Path) -> Path:
     """Throughput against quality, one panel per model; the gate's quality floor drawn in."""
     import matplotlib

@@ -59,7 +59,8 @@ def test_quick_pipeline_logs_registers_and_promotes(quick_run):
     winner = client.get_model_version_by_alias(MINILM, "production")
     assert winner.tags["variant"] in {"onnx-fp32", "onnx-int8"}
     assert float(winner.tags["quality_pct_of_fp32"]) >= 99.0
-    rows = json.loads((results / "summary.json").read_text())
+    summary = json.loads((results / "summary.json").read_text())
+    rows = summary["variants"]
     promoted = [r for r in rows if r["promoted"]]
     assert [r["variant"] for r in promoted] == [winner.tags["variant"]]
     passing = [r for r in rows if r["quality_pct"] >= 99.0 and r["variant"] in {"onnx-fp32", "onnx-int8"}]
@@ -67,6 +68,12 @@ def test_quick_pipeline_logs_registers_and_promotes(quick_run):
         r["throughput_b32"] for r in passing
     )  # the fastest that passes
     assert (results / "variants.png").stat().st_size > 10_000
+    # The winner was also timed against the base in alternating passes; ONNX beats PyTorch FP32 there.
+    variant, h2h = summary["head_to_head"][MINILM]
+    assert variant == winner.tags["variant"] and h2h["h2h_speedup"] > 1.0, h2h
+    pipeline = next(r for r in runs if r.info.run_name == "pipeline --quick")
+    assert pipeline.data.metrics["h2h_speedup"] == pytest.approx(h2h["h2h_speedup"])
+    assert "head to head" in (results / "summary.md").read_text().lower()
 
 
 def test_a_deployment_serves_the_promoted_variant(quick_run, tmp_path):
