@@ -14,13 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def catalog():
-    from runtimes.catalog import load_catalog
+    from infergraph.runtimes.catalog import load_catalog
 
     return load_catalog(ROOT / "configs" / "models.yaml")
 
 
 def _encoder(catalog, model: str, engine: str):
-    from runtimes.loader import load_text_encoder
+    from infergraph.runtimes.loader import load_text_encoder
 
     return load_text_encoder(catalog.get(model), engine=engine, threads=2)
 
@@ -48,9 +48,9 @@ def e5_torch(catalog):
 @pytest.fixture(scope="session")
 def minilm_artifact(catalog, tmp_path_factory) -> Path:
     """MiniLM's cached FP32 ONNX export packaged as an optimize artifact (variant "onnx-fp32-test")."""
-    from runtimes.artifact import Manifest, tokenizer_sources, write_artifact
-    from runtimes.catalog import cache_root, fingerprint, resolve_model_dir
-    from runtimes.engines.onnx_engine import export_onnx
+    from infergraph.runtimes.artifact import Manifest, tokenizer_sources, write_artifact
+    from infergraph.runtimes.catalog import cache_root, fingerprint, resolve_model_dir
+    from infergraph.runtimes.engines.onnx_engine import export_onnx
 
     name = "all-MiniLM-L6-v2"
     model_dir = resolve_model_dir(catalog.get(name))

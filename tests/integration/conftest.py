@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bench.service import DEFAULT_CONFIG, RunningService, start_service
+from infergraph.bench.service import DEFAULT_CONFIG, RunningService, start_service
 
-# The shared service reads an empty registry, so tests do not depend on what `python -m optimize`
+# The shared service reads an empty registry, so tests do not depend on what `python -m infergraph.optimize`
 # promoted in this checkout's own mlflow/ store.
 EMPTY_STORE = Path(tempfile.mkdtemp(prefix="igt-store-")) / "mlflow.db"
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from bench.loadgen import DEV_KEY
-from bench.service import start_service
+from infergraph.bench.loadgen import DEV_KEY
+from infergraph.bench.service import start_service
 
 pytestmark = pytest.mark.integration
 

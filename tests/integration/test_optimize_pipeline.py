@@ -1,4 +1,4 @@
-"""`python -m optimize --quick` end to end on the real weights, then a deployment serves its winner.
+"""`python -m infergraph.optimize --quick` end to end on the real weights; a deployment serves the winner.
 
 The pipeline runs as a user runs it (its own process) against a temporary MLflow store; the test
 then reads the store as the serving side does and starts the real service on it.
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import yaml
 
-from bench.loadgen import DEV_KEY
-from bench.service import DEFAULT_CONFIG, start_service
+from infergraph.bench.loadgen import DEV_KEY
+from infergraph.bench.service import DEFAULT_CONFIG, start_service
 
 pytestmark = pytest.mark.integration
 

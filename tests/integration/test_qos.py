@@ -15,9 +15,9 @@ import openai
 import pytest
 import yaml
 
-from bench.loadgen import DEV_KEY
-from bench.service import DEFAULT_CONFIG, start_service
-from deployments.tenants import hash_key
+from infergraph.bench.loadgen import DEV_KEY
+from infergraph.bench.service import DEFAULT_CONFIG, start_service
+from infergraph.deployments.tenants import hash_key
 
 MINILM = "all-MiniLM-L6-v2"
 PREMIUM_DEADLINE_MS = 8000  # generous: CI shares 2 cores with Ray itself

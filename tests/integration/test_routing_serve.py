@@ -61,7 +61,9 @@ def test_least_connections_from_import_path(serve_api):
         num_replicas=2,
         max_ongoing_requests=8,
         ray_actor_options={"num_cpus": 0.1},
-        request_router_config={"request_router_class": "deployments.routing:LeastConnectionsRouter"},
+        request_router_config={
+            "request_router_class": "infergraph.deployments.routing:LeastConnectionsRouter"
+        },
     )(Holder)
     handle = serve_api.run(deployment.bind(), name="least-connections", route_prefix=None)
     handle.remote(0).result()  # the handle builds its router on the first call

@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from deployments.admission import ModelQueue
-from deployments.tenants import Rejection, Tier, TierPolicy
+from infergraph.deployments.admission import ModelQueue
+from infergraph.deployments.tenants import Rejection, Tier, TierPolicy
 
 TIERS = {t: TierPolicy(deadline_ms=10_000, queue_limit=4) for t in Tier}
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from runtimes.artifact import ArtifactError, Manifest, verify_artifact, write_artifact
+from infergraph.runtimes.artifact import ArtifactError, Manifest, verify_artifact, write_artifact
 
 
 def make(tmp_path):

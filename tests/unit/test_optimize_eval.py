@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from optimize.data import lee_pairs
-from optimize.evaluate import fidelity, lee_scores
+from infergraph.optimize.data import lee_pairs
+from infergraph.optimize.evaluate import fidelity, lee_scores
 
 
 def test_lee_set_is_complete():
@@ -33,10 +33,10 @@ def test_fidelity_sees_a_degraded_variant():
 
 
 def test_dynamic_int8_is_a_quarter_of_the_size_and_keeps_quality(minilm_onnx, catalog, tmp_path):
-    from optimize.data import lee_pairs
-    from optimize.variants import dynamic_int8
-    from runtimes.catalog import cache_root, fingerprint, resolve_model_dir
-    from runtimes.engines.onnx_engine import OnnxEngine, export_onnx
+    from infergraph.optimize.data import lee_pairs
+    from infergraph.optimize.variants import dynamic_int8
+    from infergraph.runtimes.catalog import cache_root, fingerprint, resolve_model_dir
+    from infergraph.runtimes.engines.onnx_engine import OnnxEngine, export_onnx
 
     model_dir = resolve_model_dir(catalog.get("all-MiniLM-L6-v2"))
     onnx_path = export_onnx(model_dir, cache_root() / "onnx" / f"all-MiniLM-L6-v2-{fingerprint(model_dir)}")

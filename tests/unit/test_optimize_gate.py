@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from optimize.config import Gate, load_config, project_path, sqlite_uri
-from optimize.gate import VariantResult, choose, eligible
+from infergraph.optimize.config import Gate, load_config, project_path, sqlite_uri
+from infergraph.optimize.gate import VariantResult, choose, eligible
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -56,7 +56,7 @@ def test_shipped_config_is_valid_and_its_store_is_the_projects():
 def test_a_misspelt_variant_is_refused():
     from pydantic import ValidationError
 
-    from optimize.config import ModelPlan
+    from infergraph.optimize.config import ModelPlan
 
     with pytest.raises(ValidationError):
         ModelPlan(name="m", metrics=["lee_pearson"], gate_metrics=["lee_pearson"], variants=["onnx-int4"])

@@ -9,7 +9,7 @@ import asyncio
 from ray.serve._private.common import DeploymentHandleSource, DeploymentID, ReplicaID, RequestMetadata
 from ray.serve.request_router import PendingRequest
 
-from deployments.routing import LeastConnectionsRouter, OutstandingRequests, rank_by_expected_wait
+from infergraph.deployments.routing import LeastConnectionsRouter, OutstandingRequests, rank_by_expected_wait
 
 DEPLOYMENT = DeploymentID(name="d", app_name="a")
 A, B, C = (ReplicaID(unique_id=u, deployment_id=DEPLOYMENT) for u in "abc")

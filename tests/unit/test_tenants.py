@@ -4,7 +4,14 @@ from pathlib import Path
 
 import pytest
 
-from deployments.tenants import Rejection, TenantRegistry, TenantsConfig, Tier, hash_key, load_tenants
+from infergraph.deployments.tenants import (
+    Rejection,
+    TenantRegistry,
+    TenantsConfig,
+    Tier,
+    hash_key,
+    load_tenants,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from runtimes.text_encoder import BatchLimits, InputTooLongError, plan_batches
+from infergraph.runtimes.text_encoder import BatchLimits, InputTooLongError, plan_batches
 
 PARAPHRASE = ("A man is playing a guitar.", "Someone is strumming an acoustic guitar.")
 UNRELATED = "The central bank raised interest rates by half a percentage point."
@@ -119,7 +119,7 @@ def test_plan_batches_caps_padding_per_real_token():
 
 def test_concurrent_lanes_give_the_same_vectors_in_order(minilm_onnx):
     """Passes run on two threads at once come back in the caller's order, equal to one at a time."""
-    from runtimes.text_encoder import TextEncoder
+    from infergraph.runtimes.text_encoder import TextEncoder
 
     assert minilm_onnx.lanes == 2  # the loader's default for ONNX with 2 threads
     one_lane = TextEncoder(minilm_onnx.tokenizer, minilm_onnx.engine, max_length=256, lanes=1)
@@ -143,7 +143,7 @@ def test_tokens_match_transformers(model, request):
     """The runtime's tokenizer (tokenizers alone) counts exactly like transformers' own."""
     from transformers import AutoTokenizer
 
-    from runtimes.catalog import resolve_model_dir
+    from infergraph.runtimes.catalog import resolve_model_dir
 
     encoder = request.getfixturevalue(f"{model}_onnx")
     spec = request.getfixturevalue("catalog").get(

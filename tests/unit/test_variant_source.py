@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from deployments.variants import VariantError, absolute_tracking_uri, resolve_variant
-from runtimes.artifact import Manifest, verify_artifact, write_artifact
+from infergraph.deployments.variants import VariantError, absolute_tracking_uri, resolve_variant
+from infergraph.runtimes.artifact import Manifest, verify_artifact, write_artifact
 
 MINILM = "all-MiniLM-L6-v2"
 DEFAULT = f"models:/{MINILM}@production"
@@ -55,7 +55,7 @@ def flip_one_byte(path: Path) -> None:
 def test_no_store_serves_base_fast_and_creates_nothing(tmp_path):
     db = tmp_path / "mlflow.db"
     code = (
-        "import sys; from deployments.variants import resolve_variant as r; "
+        "import sys; from infergraph.deployments.variants import resolve_variant as r; "
         f"v = r({MINILM!r}, {DEFAULT!r}, 'sqlite:///{db}', None, allow_base_fallback=True); "
         "print(v.source, '|', v.reason); assert 'mlflow' not in sys.modules, 'mlflow imported'"
     )
@@ -93,8 +93,8 @@ def test_alias_resolves_to_a_verified_download_kept_for_next_time(
     assert [p.name for p in (cache / MINILM).iterdir()] == [got.artifact_dir.name], "temp folders left behind"
 
     # The downloaded artifact is the model: same vectors as the base ONNX encoder.
-    from runtimes.catalog import load_catalog
-    from runtimes.loader import load_artifact_encoder
+    from infergraph.runtimes.catalog import load_catalog
+    from infergraph.runtimes.loader import load_artifact_encoder
 
     spec = load_catalog(ROOT / "configs" / "models.yaml").get(MINILM)
     encoder, manifest = load_artifact_encoder(spec, got.artifact_dir, threads=2)
@@ -171,12 +171,12 @@ def test_base_and_local_artifact_folders(tmp_path, minilm_artifact):
 
 
 def test_relative_paths_mean_the_checkout_even_from_rays_packaged_copy(tmp_path, monkeypatch):
-    import deployments.variants as variants
+    import infergraph.deployments.variants as variants
 
     monkeypatch.delenv("INFERGRAPH_ROOT", raising=False)
     assert variants.launch_root() == ROOT  # run from the checkout itself
     copy = tmp_path / "session/runtime_resources/working_dir_files/_ray_pkg_0123"
-    shutil.copytree(ROOT / "deployments", copy / "deployments")
+    shutil.copytree(ROOT / "infergraph", copy / "infergraph")
     shutil.copyfile(ROOT / "pyproject.toml", copy / "pyproject.toml")
     monkeypatch.setattr(variants, "PROJECT_ROOT", copy)
     # A replica under Ray's uv hook: uv and its shell run in the copy, the raylet where `serve run` ran.
@@ -206,8 +206,8 @@ def test_relative_sqlite_store_is_the_projects():
 def make_deployment(
     tracking_uri: str, cache: Path, default_variant: str = DEFAULT, alias_refresh_s: float = 0.0
 ):
-    from deployments.encoder import TextEncoderDeployment
-    from runtimes.catalog import load_catalog
+    from infergraph.deployments.encoder import TextEncoderDeployment
+    from infergraph.runtimes.catalog import load_catalog
 
     spec = load_catalog(ROOT / "configs" / "models.yaml").get(MINILM)
     cls = TextEncoderDeployment.func_or_class  # type: ignore[attr-defined]
@@ -263,10 +263,11 @@ def test_deployment_keeps_serving_when_a_new_variant_fails(
     tampered = tmp_path / "tampered"
     shutil.copytree(minilm_artifact, tampered)
     flip_one_byte(tampered / "model.onnx")
-    import runtimes.loader
+
+    import infergraph.runtimes.loader
 
     loaded = []
-    monkeypatch.setattr(runtimes.loader, "load_artifact_encoder", lambda *a, **k: loaded.append(a))
+    monkeypatch.setattr(infergraph.runtimes.loader, "load_artifact_encoder", lambda *a, **k: loaded.append(a))
 
     async def reconfigure(variant):
         await dep.reconfigure({"variant": variant})
@@ -322,10 +323,11 @@ def test_deployment_follows_a_moved_alias_while_serving(store, cache, minilm_art
 
 
 def test_deployment_does_not_start_on_a_bad_explicit_variant(store, cache, monkeypatch):
-    import deployments.encoder
+
+    import infergraph.deployments.encoder
 
     monkeypatch.setattr(
-        deployments.encoder, "_initial_user_config", lambda: {"variant": "models:/nope@production"}
+        infergraph.deployments.encoder, "_initial_user_config", lambda: {"variant": "models:/nope@production"}
     )
     with pytest.raises(VariantError, match="no registered model 'nope'"):
         make_deployment(tracking(store), cache)

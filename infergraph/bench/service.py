@@ -1,0 +1,147 @@
+"""Start and stop the real service the way a user does: `serve run <config>` in its own process group.
+
+Used by the benchmark (which times start-up) and by the integration tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+from dotenv import dotenv_values
+
+from infergraph.bench.loadgen import DEV_KEY
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG = ROOT / "configs" / "serve.yaml"
+DEFAULT_ENV_FILE = ROOT / "configs" / "serve.env"  # what `uv run --env-file configs/serve.env` sets
+
+
+def serve_env(env_file: Path | None, workdir: Path) -> dict[str, str]:
+    """The environment `serve run` gets: this one, plus `env_file` (it does not override what is set).
+
+    Under HAProxy, Serve's defaults put HAProxy's files under /tmp/haproxy-serve, and its stats, its
+    metrics and the fallback Python proxy (SO_REUSEPORT: two instances would share its requests) on
+    fixed ports; each instance gets its own here, so several can run side by side.
+    """
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    if env_file is not None:
+        for key, value in dotenv_values(env_file).items():
+            if value is not None:
+                env.setdefault(key, value)
+    env.setdefault("RAY_TMPDIR", str(workdir / "ray"))
+    if env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
+        haproxy = workdir / "haproxy"
+        haproxy.mkdir(exist_ok=True)
+        env.setdefault("RAY_SERVE_HAPROXY_CONFIG_FILE_LOC", str(haproxy / "haproxy.cfg"))
+        env.setdefault("RAY_SERVE_HAPROXY_SOCKET_PATH", str(haproxy / "admin.sock"))
+        env.setdefault("RAY_SERVE_HAPROXY_SERVER_STATE_BASE", str(haproxy))
+        env.setdefault("RAY_SERVE_HAPROXY_SERVER_STATE_FILE", str(haproxy / "server-state"))
+        env.setdefault("RAY_SERVE_HAPROXY_METRICS_SOCKET_PATH", str(haproxy / "metrics.sock"))
+        env.setdefault("RAY_SERVE_HAPROXY_STATS_PORT", str(free_port()))
+        env.setdefault("RAY_SERVE_HAPROXY_METRICS_PORT", str(free_port()))
+        env.setdefault("RAY_SERVE_FALLBACK_PROXY_HTTP_PORT", str(free_port()))
+        env.setdefault("RAY_SERVE_FALLBACK_PROXY_GRPC_PORT", str(free_port()))
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningService:
+    proc: subprocess.Popen
+    base_url: str
+    log: Path
+    config: Path
+    models: list[str]
+    startup_s: float = float("nan")
+
+    def stop(self) -> None:
+        """SIGTERM (serve run ignores SIGINT in the background), then kill what is left of its group."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=60)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def wait_ready(self, timeout_s: float) -> float:
+        """Block until every model answers an embedding request; returns seconds since launch."""
+        started = time.monotonic()
+        pending = list(self.models)
+        while pending:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serve run exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if time.monotonic() - started > timeout_s:
+                raise TimeoutError(f"service not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError):
+                body = {"model": pending[0], "input": "ready?"}
+                auth = {"Authorization": f"Bearer {DEV_KEY}"}
+                r = httpx.post(f"{self.base_url}/v1/embeddings", json=body, headers=auth, timeout=10)
+                if r.status_code == 200:
+                    pending.pop(0)
+                    continue
+                if r.status_code == 500:  # the app is up but broken: waiting will not help
+                    raise RuntimeError(f"service answers 500: {r.text}\n{self.log_tail()}")
+            time.sleep(0.5)
+        return time.monotonic() - started
+
+    def dashboard_url(self) -> str:
+        """Where `serve deploy` reaches this cluster (printed by `ray.init` at start-up)."""
+        match = re.search(r"dashboard at \S*?(http://[\w.:]+)", self.log.read_text(errors="replace"))
+        return match.group(1) if match else "http://127.0.0.1:8265"
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+
+def start_service(
+    config: Path = DEFAULT_CONFIG,
+    port: int | None = None,
+    ready_timeout_s: float = 600,
+    env_file: Path | None = DEFAULT_ENV_FILE,
+) -> RunningService:
+    """Launch `serve run` on a copy of `config` with only the port changed, in the environment of
+    `env_file` (None: Serve's defaults); wait until it answers."""
+    cfg = yaml.safe_load(config.read_text())
+    port = port or free_port()
+    cfg["http_options"]["port"] = port
+    workdir = Path(tempfile.mkdtemp(prefix="ig-"))
+    cfg_path = workdir / "serve.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    log = workdir / "serve.log"
+    env = serve_env(env_file, workdir)
+    serve_cli = Path(sys.executable).parent / "serve"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [str(serve_cli), "run", str(cfg_path)],
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    models = [m for app in cfg["applications"] for m in app.get("args", {}).get("models", [])]
+    service = RunningService(proc, f"http://127.0.0.1:{port}", log, cfg_path, models)
+    try:
+        service.startup_s = service.wait_ready(ready_timeout_s)
+    except BaseException:
+        service.stop()
+        raise
+    return service

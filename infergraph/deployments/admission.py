@@ -1,0 +1,247 @@
+"""Admission control for one model: bounded per-tier queues, deadlines and a cap on work in flight.
+
+Ray's own queues (handle, replica) are FIFO, so the router keeps requests here until the model
+deployment has room: at most `max_in_flight` sentences per replica are out at once (about two of
+its batches: one computing, one filling) in at most `max_calls_per_replica` calls. Waiting therefore
+happens where priority still applies, and under load the queued requests leave in groups, one call
+each, which saves the per-call overhead of Serve's handles.
+
+Dispatch rule (strict priority with a starvation guard): the next call takes requests of the most
+urgent non-empty tier, FIFO within a tier, except that a waiting tier passed over `starvation_guard`
+times in a row goes next. So under any overload a waiting lower tier still gets at least one of
+every `starvation_guard + 1` calls, while premium keeps the rest. A call carries one tier only.
+
+Refusals happen before a request costs compute: a full tier queue (429), or a deadline that the
+current backlog makes unreachable (503), both with the seconds after which a retry may succeed.
+Queued requests whose deadline passes are failed at dispatch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from infergraph.deployments.tenants import Rejection, Tier, TierPolicy
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One admitted request waiting for (or riding in) a call to the model deployment."""
+
+    texts: list[str]
+    tier: Tier
+    deadline: float  # time.time() instant
+    enqueued: float
+    future: asyncio.Future = field(repr=False)
+    tenant: str = ""
+    dispatched: float | None = None
+    answered: float | None = None
+
+    @property
+    def sentences(self) -> int:
+        return len(self.texts)
+
+    @property
+    def queued_s(self) -> float:
+        """Time spent waiting in the router's queue (0 until dispatched)."""
+        return (self.dispatched or self.enqueued) - self.enqueued
+
+    @property
+    def model_s(self) -> float:
+        """Time the model deployment's handle call took (0 until answered)."""
+        return (self.answered or 0) - (self.dispatched or 0) if self.answered else 0.0
+
+
+Send = Callable[[list[Ticket]], Awaitable[list[Any]]]
+
+
+class ComputeRate:
+    """Seconds of model compute per sentence (EWMA of what the replicas report per request).
+
+    Compute, not completion spacing: the replica's batcher serves urgent work first and in full
+    batches, so that is the rate at which the work ahead of an urgent request drains.
+    """
+
+    def __init__(self, prior_s: float, alpha: float = 0.1) -> None:
+        self.seconds_per_sentence = prior_s
+        self.alpha = alpha
+
+    def observe(self, sentences: int, compute_s: float) -> None:
+        if sentences and compute_s > 0:
+            sample = compute_s / sentences
+            self.seconds_per_sentence += self.alpha * (sample - self.seconds_per_sentence)
+
+
+class ModelQueue:
+    """The router's queue for one model deployment."""
+
+    def __init__(
+        self,
+        send: Send,
+        tiers: dict[Tier, TierPolicy],
+        max_in_flight_per_replica: int = 128,
+        max_calls_per_replica: int = 4,
+        express_calls_per_replica: int = 2,
+        max_group_sentences: int = 64,
+        max_group_requests: int = 32,
+        starvation_guard: int = 8,
+        prior_s_per_sentence: float = 0.01,
+        prior_call_s: float = 0.05,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.send, self.tiers, self.clock = send, tiers, clock
+        self.max_in_flight_per_replica = max_in_flight_per_replica
+        self.max_calls_per_replica = max_calls_per_replica
+        self.express_calls_per_replica = express_calls_per_replica
+        self.max_group_sentences, self.max_group_requests = max_group_sentences, max_group_requests
+        self.starvation_guard = starvation_guard
+        self.replicas = 1
+        self.queues: dict[Tier, deque[Ticket]] = {t: deque() for t in Tier}
+        self.passed_over = dict.fromkeys(Tier, 0)
+        self.in_flight_sentences = 0
+        self.in_flight_calls = 0
+        self.rate = ComputeRate(prior_s_per_sentence)
+        self.call_s = dict.fromkeys(Tier, prior_call_s)  # recent model call time per tier (EWMA)
+        self.on_dispatch: Callable[[Ticket], None] = lambda _: None
+        self.on_cancelled: Callable[[Ticket], None] = lambda _: None
+
+    # --- what the router asks -------------------------------------------------------------------
+    @property
+    def max_in_flight(self) -> int:
+        return self.max_in_flight_per_replica * max(1, self.replicas)
+
+    @property
+    def max_calls(self) -> int:
+        return self.max_calls_per_replica * max(1, self.replicas)
+
+    @property
+    def express_calls(self) -> int:
+        return self.express_calls_per_replica * max(1, self.replicas)
+
+    def has_room(self) -> bool:
+        return self.in_flight_sentences < self.max_in_flight and self.in_flight_calls < self.max_calls
+
+    def depth(self, tier: Tier | None = None) -> int:
+        return sum(len(q) for t, q in self.queues.items() if tier in (None, t))
+
+    def estimated_wait_s(self, tier: Tier, extra_sentences: int = 0) -> float:
+        """Time until a new `tier` request of `extra_sentences` would be answered: the queued work
+        of its tier and above at the replicas' measured compute rate, plus one model call.
+
+        A call's time is the fastest tier's recent average: the replica's batcher serves by tier,
+        so urgent work does not wait for everything in flight, and a tier that has been refused
+        for a while cannot lock itself out with a stale figure.
+        """
+        ahead = sum(t.sentences for tr in Tier if tr.rank <= tier.rank for t in self.queues[tr])
+        drain_s = (ahead + extra_sentences) * self.rate.seconds_per_sentence / max(1, self.replicas)
+        return drain_s + min(self.call_s.values())
+
+    async def submit(
+        self, texts: list[str], tier: Tier, deadline: float, tenant: str = ""
+    ) -> tuple[Any, Ticket]:
+        """Queue one request; returns the deployment's answer and the ticket (for its timings).
+
+        Raises `Rejection` (full queue, unreachable or passed deadline). If the caller is
+        cancelled (client went away) while the request waits, it leaves the queue.
+        """
+        now = self.clock()
+        queue = self.queues[tier]
+        if len(queue) >= self.tiers[tier].queue_limit:
+            raise Rejection(
+                429, "queue_full", f"the {tier} queue for this model is full", self.estimated_wait_s(tier)
+            )
+        wait = self.estimated_wait_s(tier, extra_sentences=len(texts))
+        if now + wait > deadline:
+            budget_ms = (deadline - now) * 1000
+            message = f"the backlog (~{wait * 1000:.0f} ms) exceeds the deadline ({budget_ms:.0f} ms)"
+            raise Rejection(503, "deadline_exceeded", message, wait)
+        ticket = Ticket(texts, tier, deadline, now, asyncio.get_running_loop().create_future(), tenant)
+        queue.append(ticket)
+        self.pump()
+        try:
+            return await ticket.future, ticket
+        except asyncio.CancelledError:
+            if ticket in queue:  # not yet dispatched
+                queue.remove(ticket)
+                self.on_cancelled(ticket)
+            raise
+
+    # --- dispatch -------------------------------------------------------------------------------
+    def pump(self) -> None:
+        """Send groups of queued requests while the deployment has room."""
+        while (tier := self._dispatchable_tier()) is not None:
+            room = max(self.max_in_flight - self.in_flight_sentences, 1)
+            group = self._take_group(tier, room)
+            if group:
+                self.in_flight_sentences += sum(t.sentences for t in group)
+                self.in_flight_calls += 1
+                asyncio.get_running_loop().create_task(self._call(group))
+
+    def _dispatchable_tier(self) -> Tier | None:
+        """The tier of the next call, or None while the deployment is full.
+
+        Premium has an express lane of `express_calls_per_replica` extra calls: it never waits in
+        the router behind bulk work already in flight (the replica's batcher puts it first)."""
+        if not self.depth():
+            return None
+        if self.has_room():
+            return self._next_tier()
+        if self.queues[Tier.premium] and self.in_flight_calls < self.max_calls + self.express_calls:
+            return Tier.premium
+        return None
+
+    def _take_group(self, tier: Tier, room: int) -> list[Ticket]:
+        """One call's worth of queued requests, all of one tier: a call answers when its slowest
+        request is done, so urgent work never rides in a call with bulk work."""
+        queue = self.queues[tier]
+        group: list[Ticket] = []
+        sentences = 0
+        limit = min(room, self.max_group_sentences)
+        while queue and len(group) < self.max_group_requests:
+            head = queue[0]
+            if group and sentences + head.sentences > limit:
+                break
+            queue.popleft()
+            now = self.clock()
+            if head.deadline < now + head.sentences * self.rate.seconds_per_sentence:
+                head.future.set_exception(
+                    Rejection(503, "deadline_exceeded", "the deadline passed while the request was queued", 1)
+                )
+                continue
+            head.dispatched = now
+            self.on_dispatch(head)
+            group.append(head)
+            sentences += head.sentences
+        return group
+
+    def _next_tier(self) -> Tier:
+        waiting = [t for t in Tier if self.queues[t]]
+        starving = [t for t in waiting[1:] if self.passed_over[t] >= self.starvation_guard]
+        chosen = starving[0] if starving else waiting[0]
+        for t in waiting:
+            self.passed_over[t] = 0 if t == chosen else self.passed_over[t] + (t.rank > chosen.rank)
+        return chosen
+
+    async def _call(self, group: list[Ticket]) -> None:
+        sentences = sum(t.sentences for t in group)
+        try:
+            results = await self.send(group)
+        except Exception as exc:
+            for t in group:
+                if not t.future.done():
+                    t.future.set_exception(exc)
+        else:
+            answered = self.clock()
+            for t, result in zip(group, results, strict=True):
+                t.answered = answered
+                self.call_s[t.tier] += 0.2 * (t.model_s - self.call_s[t.tier])
+                if not t.future.done():
+                    t.future.set_result(result)
+        finally:
+            self.in_flight_sentences -= sentences
+            self.in_flight_calls -= 1
+            self.pump()

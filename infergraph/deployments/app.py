@@ -1,0 +1,73 @@
+"""Application builder that `serve run configs/serve.yaml` imports: router + one deployment per model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from ray.serve import Application
+
+from infergraph.deployments.encoder import TextEncoderDeployment
+from infergraph.deployments.router import DEFAULT_MAX_BODY_BYTES, AdmissionConfig, Router
+from infergraph.deployments.tenants import load_tenants
+from infergraph.deployments.variants import absolute_tracking_uri, launch_root
+from infergraph.runtimes.catalog import load_catalog
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+
+class RegistryArgs(BaseModel):
+    """Where each encoder looks for its variant (deployments/variants.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    tracking_uri: str = "sqlite:///mlflow/mlflow.db"  # relative SQLite paths: the checkout's (launch_root)
+    default_variant: str = "models:/{name}@production"  # `{name}`: the model; "base" skips the registry
+    cache_dir: str | None = None  # downloaded variants; default ~/.cache/infergraph/registry
+    alias_refresh_s: float = Field(30.0, ge=0)  # how often replicas check where an alias points; 0: never
+
+
+class AppArgs(BaseModel):
+    """`args:` of the application in serve.yaml."""
+
+    model_config = ConfigDict(extra="forbid")
+    catalog: str = "configs/models.yaml"
+    models: list[str] = ["all-MiniLM-L6-v2", "multilingual-e5-small"]
+    engine: Literal["onnx", "torch"] = "onnx"
+    tenants: str = "configs/tenants.yaml"
+    admission: AdmissionConfig = AdmissionConfig()
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    registry: RegistryArgs = RegistryArgs()
+
+
+def project_path(path: str) -> Path:
+    """Relative paths are the project's: replicas do not share the CLI's working dir."""
+    return Path(path) if Path(path).is_absolute() else PROJECT_ROOT / path
+
+
+def build_app(args: dict[str, Any]) -> Application:
+    opts = AppArgs.model_validate(args or {})
+    catalog = load_catalog(project_path(opts.catalog))
+    tenants = load_tenants(project_path(opts.tenants))  # a bad file fails here, not in a replica
+    # Relative to the checkout, which is not where this code runs under `uv run serve run` (variants.py).
+    root = launch_root()
+    tracking_uri = absolute_tracking_uri(opts.registry.tracking_uri, root)
+    cache = str(root / Path(opts.registry.cache_dir).expanduser()) if opts.registry.cache_dir else None
+    handles = {}
+    for name in opts.models:
+        spec = catalog.get(name).model_dump()
+        deployment = TextEncoderDeployment.options(name=name)  # type: ignore[attr-defined]
+        handles[name] = deployment.bind(
+            spec,
+            engine=opts.engine,
+            tracking_uri=tracking_uri,
+            default_variant=opts.registry.default_variant.format(name=name),
+            registry_cache=cache,
+            alias_refresh_s=opts.registry.alias_refresh_s,
+        )
+    return Router.bind(  # type: ignore[attr-defined]
+        handles,
+        tenants=tenants.model_dump(mode="json"),
+        admission=opts.admission.model_dump(),
+        max_body_bytes=opts.max_body_bytes,
+    )

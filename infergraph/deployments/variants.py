@@ -1,0 +1,302 @@
+"""Which variant of a model a deployment serves: the base model, a registry entry, or a local artifact.
+
+`resolve_variant` turns what `serve.yaml` asks for into a verified artifact folder on local disk:
+
+- `base`: the catalog's base model (no artifact);
+- `models:/<name>@<alias>` or `models:/<name>/<version>`: a version in the MLflow model registry,
+  downloaded once into `<cache>/<name>/v<version>-<source key>` (into a temporary folder, renamed
+  when complete and verified; the key keeps versions of two different stores apart);
+- any other string: a local artifact folder (relative paths are the project's).
+
+Every artifact's checksums are verified before it is returned; a folder that fails is never loaded.
+When the *default* variant (`models:/{name}@production`) has no registry entry (no store, no such
+model, no such alias), the base model is served with a reason that says so; a variant that was asked
+for explicitly and cannot be resolved raises `VariantError`.
+
+MLflow is imported only when a registry URI is actually resolved against an existing store: its
+import costs seconds, and the shipped configuration (no store yet) must start fast. The tracking
+store is never created here: a missing SQLite file means "no registry".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from infergraph.runtimes.artifact import ArtifactError, Manifest, verify_artifact
+from infergraph.runtimes.catalog import cache_root
+
+log = logging.getLogger("ray.serve")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+RAY_COPY_MARKER = "runtime_resources/working_dir_files/"  # where Ray unpacks a runtime_env working_dir
+BASE = "base"
+MODELS_SCHEME = "models:/"
+SQLITE_PREFIX = "sqlite:///"
+
+VariantSource = Literal["registry", "path", "base"]
+
+
+class VariantError(RuntimeError):
+    """A requested variant cannot be served: unknown registry entry, bad artifact, failed checksum."""
+
+
+class _NoRegistryEntry(VariantError):
+    """The registry has no such entry (store, model, alias or version): the default falls back to base."""
+
+
+@dataclass(frozen=True)
+class ResolvedVariant:
+    """A variant ready to load (or the base model), and how it was found."""
+
+    requested: str  # what the configuration asked for
+    source: VariantSource
+    artifact_dir: Path | None = None  # None for the base model
+    uri: str | None = None  # models:/<name>/<version> for registry variants
+    version: str | None = None
+    manifest: Manifest | None = None
+    reason: str = ""  # for humans: why this variant (and why base, when it fell back)
+
+    @property
+    def variant(self) -> str:
+        return self.manifest.variant if self.manifest else BASE
+
+    @property
+    def precision(self) -> str:
+        return self.manifest.precision if self.manifest else "fp32"
+
+
+def _is_checkout(path: Path) -> bool:
+    """This project's folder, and not a copy Ray unpacked for a runtime_env."""
+    is_project = (path / "pyproject.toml").is_file() and (path / "infergraph" / "deployments").is_dir()
+    return is_project and RAY_COPY_MARKER not in path.as_posix()
+
+
+def _launch_dirs() -> Iterator[Path]:
+    """Where the processes this one descends from run (a local cluster's raylet: where `serve run`
+    started it), then the shell's last directories (a worker is started by `cd <copy> && ...`)."""
+    try:
+        import psutil  # a Ray dependency
+
+        for parent in psutil.Process().parents():
+            with contextlib.suppress(psutil.Error, OSError):
+                yield Path(parent.cwd())
+    except Exception:  # no psutil, or no /proc: only the environment is left
+        pass
+    for var in ("OLDPWD", "PWD"):
+        if os.environ.get(var):
+            yield Path(os.environ[var])
+
+
+def launch_root() -> Path:
+    """The checkout whose `mlflow/` store and artifact folders relative paths mean.
+
+    Under `uv run serve run ...` (Ray's uv hook) or a runtime_env `working_dir`, replicas run a packaged
+    copy of the project that leaves out ignored folders such as `mlflow/`, so this file's own project
+    is the wrong place to look. In order: `INFERGRAPH_ROOT`; this file's project unless it is such a
+    copy; the checkout the local cluster was started from (see `_launch_dirs`); else this file's
+    project (a store there then reads as missing, and the card's `variant_reason` shows the path).
+    """
+    if os.environ.get("INFERGRAPH_ROOT"):
+        return Path(os.environ["INFERGRAPH_ROOT"]).expanduser()
+    if RAY_COPY_MARKER not in PROJECT_ROOT.as_posix():
+        return PROJECT_ROOT
+    return next((path for path in _launch_dirs() if _is_checkout(path)), PROJECT_ROOT)
+
+
+def registry_cache_dir() -> Path:
+    """Where registry downloads are kept unless `registry.cache_dir` says otherwise."""
+    return cache_root() / "registry"
+
+
+def absolute_tracking_uri(uri: str, root: Path | None = None) -> str:
+    """`sqlite:///mlflow/mlflow.db` is relative to the project (`launch_root()`), not to a replica's
+    working dir."""
+    root = root or launch_root()
+    if uri.startswith(SQLITE_PREFIX):
+        path = uri[len(SQLITE_PREFIX) :]
+        if path and not path.startswith("/") and not path.startswith(":memory:"):
+            return SQLITE_PREFIX + str(root / path)
+    return uri
+
+
+def sqlite_file(tracking_uri: str) -> Path | None:
+    """The database file of a `sqlite:///` tracking URI (None for other stores)."""
+    if not tracking_uri.startswith(SQLITE_PREFIX):
+        return None
+    path = tracking_uri[len(SQLITE_PREFIX) :].split("?", 1)[0]
+    return None if path.startswith(":memory:") else Path(path)
+
+
+def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """`models:/name@alias` -> (name, alias, None); `models:/name/3` -> (name, None, "3")."""
+    rest = uri[len(MODELS_SCHEME) :].strip("/")
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        if name and alias and "/" not in alias:
+            return name, alias, None
+    elif "/" in rest:
+        name, version = rest.rsplit("/", 1)
+        if name and version.isdigit():
+            return name, None, version
+    raise VariantError(
+        f"{uri!r} is not a registry variant: expected models:/<name>@<alias> or models:/<name>/<version>"
+    )
+
+
+def alias_version(uri: str, tracking_uri: str) -> str | None:
+    """The version `models:/<name>@<alias>` points at now; None when the store, model or alias is not
+    there (or `uri` names no alias). Cheap enough to ask every few seconds: nothing is downloaded."""
+    try:
+        name, alias, _ = parse_models_uri(uri)
+    except VariantError:
+        return None
+    tracking_uri = absolute_tracking_uri(tracking_uri)
+    db = sqlite_file(tracking_uri)
+    if alias is None or (db is not None and not db.is_file()):
+        return None
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def resolve_variant(
+    spec_name: str,
+    variant: str,
+    tracking_uri: str,
+    cache: Path | None = None,
+    allow_base_fallback: bool = False,
+) -> ResolvedVariant:
+    """What to serve for `variant`; raises `VariantError` when it cannot be served.
+
+    `allow_base_fallback` is for the configured default only: a registry with no entry for it then
+    gives the base model with the reason, instead of an error.
+    """
+    if variant == BASE:
+        return ResolvedVariant(requested=variant, source="base", reason="the base model was requested")
+    if variant.startswith(MODELS_SCHEME):
+        try:
+            return _resolve_registry(spec_name, variant, absolute_tracking_uri(tracking_uri), cache)
+        except _NoRegistryEntry as exc:
+            if not allow_base_fallback:
+                raise
+            reason = f"no registry entry {variant} ({exc}); serving the base model"
+            return ResolvedVariant(requested=variant, source="base", reason=reason)
+    path = Path(variant).expanduser()
+    path = path if path.is_absolute() else launch_root() / path
+    if not path.is_dir():
+        raise VariantError(f"variant {variant!r}: {path} is not a folder (nor 'base' nor a models:/ URI)")
+    manifest = _verified(spec_name, variant, path)
+    return ResolvedVariant(
+        requested=variant,
+        source="path",
+        artifact_dir=path,
+        manifest=manifest,
+        reason=f"local artifact {path} ({manifest.variant})",
+    )
+
+
+def _verified(spec_name: str, requested: str, artifact_dir: Path) -> Manifest:
+    try:
+        manifest = verify_artifact(artifact_dir)
+    except (ArtifactError, ValueError) as exc:  # ValueError: a manifest that does not parse
+        raise VariantError(f"variant {requested}: artifact failed verification, not loaded: {exc}") from exc
+    if manifest.model != spec_name:
+        raise VariantError(f"variant {requested} is an artifact of {manifest.model!r}, not of {spec_name!r}")
+    return manifest
+
+
+def _resolve_registry(
+    spec_name: str, requested: str, tracking_uri: str, cache: Path | None
+) -> ResolvedVariant:
+    name, alias, version = parse_models_uri(requested)
+    db = sqlite_file(tracking_uri)
+    if db is not None and not db.is_file():  # opening it would create an empty store
+        raise _NoRegistryEntry(f"tracking store {db} does not exist")
+
+    from mlflow import MlflowClient  # slow import: only when a registry is really there
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise _NoRegistryEntry(f"no registered model {name!r} in {tracking_uri}") from exc
+        raise VariantError(f"variant {requested}: registry {tracking_uri} failed: {exc}") from exc
+    if alias is not None:
+        aliases: dict[str, Any] = dict(registered.aliases or {})
+        if alias not in aliases:
+            known = ", ".join(sorted(aliases)) or "none"
+            raise _NoRegistryEntry(f"registered model {name!r} has no alias {alias!r} (aliases: {known})")
+        version = str(aliases[alias])
+    assert version is not None
+    try:
+        model_version = client.get_model_version(name, version)
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            raise _NoRegistryEntry(f"registered model {name!r} has no version {version}") from exc
+        raise VariantError(f"variant {requested}: registry {tracking_uri} failed: {exc}") from exc
+
+    download_uri = client.get_model_version_download_uri(name, version)
+    key = hashlib.sha256(f"{model_version.source}|{model_version.run_id}".encode()).hexdigest()[:10]
+    target = (cache or registry_cache_dir()) / name / f"v{version}-{key}"
+    uri = f"{MODELS_SCHEME}{name}/{version}"
+    if target.is_dir():
+        manifest = _verified(spec_name, requested, target)  # a modified cache is an error, not a re-download
+        how = "cached"
+    else:
+        manifest = _download(spec_name, requested, download_uri, tracking_uri, target)
+        how = "downloaded"
+    via = f"{requested} -> " if alias is not None else ""
+    return ResolvedVariant(
+        requested=requested,
+        source="registry",
+        artifact_dir=target,
+        uri=uri,
+        version=version,
+        manifest=manifest,
+        reason=f"{via}{uri} ({manifest.variant}, {how} to {target})",
+    )
+
+
+def _download(spec_name: str, requested: str, download_uri: str, tracking_uri: str, target: Path) -> Manifest:
+    """Download into a temporary sibling, verify, then rename: the cache only holds verified artifacts."""
+    from mlflow.artifacts import download_artifacts
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm bars in replica logs
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        try:
+            local = Path(
+                download_artifacts(artifact_uri=download_uri, dst_path=str(tmp), tracking_uri=tracking_uri)
+            )
+        except Exception as exc:  # MLflow raises several kinds (missing files, repository errors)
+            raise VariantError(f"variant {requested}: download of {download_uri} failed: {exc}") from exc
+        manifest = _verified(spec_name, requested, local)
+        try:
+            local.rename(target)
+        except OSError:  # another replica finished first: use its copy, after verifying it
+            if not target.is_dir():
+                raise
+            manifest = _verified(spec_name, requested, target)
+        log.info("downloaded %s (%s) from %s into %s", requested, manifest.variant, download_uri, target)
+        return manifest
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,82 @@
+"""ONNX Runtime engine: the fast CPU path. The graph comes from optimum's exporter, cached."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from infergraph.runtimes.engines.base import mean_pool_normalize
+
+log = logging.getLogger(__name__)
+
+ONNX_FILE = "model.onnx"
+
+
+def export_onnx(model_dir: Path, out_dir: Path, opset: int = 18) -> Path:
+    """Export `model_dir` (a transformers encoder) to `out_dir/model.onnx` once; reuse it after.
+
+    Written to a temporary folder and renamed, so an interrupted export never looks finished.
+    """
+    target = out_dir / ONNX_FILE
+    if target.exists():
+        return target
+    from optimum.exporters.onnx import main_export  # heavy import, only when exporting
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    log.info("exporting %s to ONNX (one time) -> %s", model_dir, out_dir)
+    try:
+        main_export(
+            model_name_or_path=str(model_dir),
+            output=tmp,
+            task="feature-extraction",
+            library_name="transformers",
+            opset=opset,
+            do_validation=False,
+            device="cpu",
+        )
+        tmp.rename(out_dir)
+    except OSError:
+        if not target.exists():  # a concurrent exporter did not win the race either
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+class OnnxEngine:
+    """ONNX Runtime CPU session over an exported encoder; pooling in numpy.
+
+    `session.run` is thread-safe, so a `TextEncoder` may run several passes on it at once (lanes).
+    """
+
+    concurrent_calls = True
+
+    def __init__(self, onnx_path: Path, threads: int | None = None, spin: bool = False) -> None:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.inter_op_num_threads = 1
+        if threads:
+            opts.intra_op_num_threads = threads
+        # Spinning worker threads burn the CPU that Serve's proxy and router need on a small box.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        self.input_names = {i.name for i in self.session.get_inputs()}
+        out = self.session.get_outputs()[0]
+        self.dim = int(out.shape[-1])
+        self.name = f"onnxruntime-{Path(onnx_path).stem}"
+
+    def hidden_states(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """The last layer's token vectors (batch, tokens, dim): what a distilled student learns from."""
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "token_type_ids" in self.input_names:
+            feed["token_type_ids"] = np.zeros_like(input_ids)
+        return self.session.run(None, feed)[0].astype(np.float32, copy=False)
+
+    def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        return mean_pool_normalize(self.hidden_states(input_ids, attention_mask), attention_mask)
