@@ -46,6 +46,8 @@ from gevent.pool import Group
 from locust import FastHttpUser, LoadTestShape, constant, events, task
 from locust.env import Environment
 
+from infergraph.corpus import CORPUS, load_corpus  # stdlib only: nothing heavy in this gevent-patched process
+
 TIERS = ("premium", "standard", "batch")
 DEFAULT_KEYS = {
     "premium": "sk-ig-demo-premium",
@@ -61,7 +63,6 @@ DEFAULT_WEIGHT = {"premium": 1, "standard": 1, "batch": 6}
 # and not Serve's per-request cost is the limit. Many slow-paced batch users keep the offered load
 # up when the service slows down (each user waits for its answer, as a closed loop does).
 DEFAULT_RPS = {"premium": 1.0, "standard": 1.0, "batch": 0.2}
-CORPUS = Path(__file__).with_name("corpus_en.jsonl")
 ENDPOINT = "/v1/embeddings"
 
 log = logging.getLogger("infergraph.loadtest")
@@ -122,14 +123,6 @@ class _State:
     user_ids = itertools.count()
     started_epoch: float | None = None
     environment: Environment | None = None
-
-
-def _load_corpus(path: str) -> list[str]:
-    with open(path, encoding="utf-8") as f:
-        texts = [json.loads(line)["text"] for line in f if line.strip()]
-    if not texts:
-        raise ValueError(f"no texts in {path}")
-    return texts
 
 
 def poisson_pacing(rps: float) -> Any:
@@ -351,7 +344,7 @@ def _on_init(environment: Environment, **_kw: Any) -> None:
     if opts is None:  # Locust used as a library without options: nothing to configure
         return
     _State.environment = environment
-    _State.corpus = _load_corpus(opts.ig_corpus)
+    _State.corpus = load_corpus(path=opts.ig_corpus)
     for tier, cls in USER_CLASSES.items():
         weight = getattr(opts, f"ig_{tier}_weight")
         if weight < 1:

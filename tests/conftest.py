@@ -22,7 +22,7 @@ def catalog():
 def _encoder(catalog, model: str, engine: str):
     from infergraph.runtimes.loader import load_text_encoder
 
-    return load_text_encoder(catalog.get(model), engine=engine, threads=2)
+    return load_text_encoder(catalog.encoder(model), engine=engine, threads=2)
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +53,7 @@ def minilm_artifact(catalog, tmp_path_factory) -> Path:
     from infergraph.runtimes.engines.onnx_engine import export_onnx
 
     name = "all-MiniLM-L6-v2"
-    model_dir = resolve_model_dir(catalog.get(name))
+    model_dir = resolve_model_dir(catalog.encoder(name))
     onnx = export_onnx(model_dir, cache_root() / "onnx" / f"{name}-{fingerprint(model_dir)}")
     manifest = Manifest(
         model=name, variant="onnx-fp32-test", format="onnx", precision="fp32", weights="model.onnx"

@@ -26,15 +26,11 @@ from rich.table import Table
 
 from infergraph.bench.loadgen import closed_loop
 from infergraph.bench.proctree import CpuByRole
-from infergraph.bench.service import DEFAULT_CONFIG, ROOT, start_service
+from infergraph.corpus import load_corpus
+from infergraph.paths import PROJECT_ROOT
+from infergraph.testing.service import DEFAULT_CONFIG, start_service
 
-CORPUS = ROOT / "loadtest" / "corpus_en.jsonl"
 console = Console()
-
-
-def load_corpus(path: Path = CORPUS) -> list[str]:
-    with open(path) as f:
-        return [json.loads(line)["text"] for line in f if line.strip()]
 
 
 def serve_settings(config: Path) -> dict[str, Any]:
@@ -47,7 +43,7 @@ def inprocess(model: str, engine: str, threads: int, corpus: list[str], duration
     from infergraph.runtimes.catalog import load_catalog
     from infergraph.runtimes.loader import load_text_encoder
 
-    spec = load_catalog(ROOT / "configs" / "models.yaml").get(model)
+    spec = load_catalog(PROJECT_ROOT / "configs" / "models.yaml").encoder(model)
     encoder = load_text_encoder(spec, engine=engine, threads=threads)  # type: ignore[arg-type]
     encoder.encode(corpus[:64])  # warm-up
     rows = []
@@ -188,7 +184,7 @@ def main() -> None:
     ap.add_argument("--matrix", default="1:1 1:8 1:32 32:1 32:4", help="sentences:concurrency points")
     ap.add_argument("--skip-inproc", action="store_true")
     ap.add_argument("--threads", type=int, default=2, help="engine threads in-process")
-    ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench-encoders.jsonl")
+    ap.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "bench-encoders.jsonl")
     a = ap.parse_args()
 
     corpus = load_corpus()

@@ -18,8 +18,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from infergraph.bench.encoders import load_corpus
-from infergraph.bench.service import ROOT
+from infergraph.corpus import load_corpus
+from infergraph.paths import PROJECT_ROOT
 from infergraph.runtimes.catalog import load_catalog
 from infergraph.runtimes.loader import load_artifact_encoder, load_text_encoder
 from infergraph.runtimes.text_encoder import BatchLimits, TextEncoder
@@ -41,7 +41,7 @@ SHAPES = [
 
 
 def load(a: argparse.Namespace, lanes: int) -> TextEncoder:
-    spec = load_catalog(ROOT / "configs" / "models.yaml").get(a.model)
+    spec = load_catalog(PROJECT_ROOT / "configs" / "models.yaml").encoder(a.model)
     if a.variant:
         return load_artifact_encoder(spec, Path(a.variant), threads=a.threads, lanes=lanes)[0]
     return load_text_encoder(spec, engine="onnx", threads=a.threads, lanes=lanes)

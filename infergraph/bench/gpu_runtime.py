@@ -16,11 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from infergraph.corpus import load_corpus
 from infergraph.runtimes.engines.torch_engine import TorchEngine
 from infergraph.runtimes.text_encoder import BatchLimits, TextEncoder
 from infergraph.runtimes.tokenizer import load_tokenizer
-
-CORPUS = Path(__file__).resolve().parents[2] / "loadtest" / "corpus_en.jsonl"
 
 
 def main() -> None:
@@ -31,7 +30,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--out", type=Path)
     a = ap.parse_args()
-    corpus = [json.loads(line)["text"] for line in CORPUS.read_text().splitlines() if line.strip()]
+    corpus = load_corpus()
     tokenizer, pad_id = load_tokenizer(a.model_dir)
     rows = []
     for dtype in ("float16", "float32"):

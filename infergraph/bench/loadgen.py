@@ -14,7 +14,7 @@ import aiohttp
 import numpy as np
 import orjson
 
-DEV_KEY = "sk-ig-dev"  # the development tenant of configs/tenants.yaml
+from infergraph.testing import DEV_KEY
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from infergraph.deployments.app import project_path
+from infergraph.paths import project_path
 
 
 def open_config(source: Path, target: Path, tenant: str = "dev") -> Path:

@@ -31,11 +31,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from infergraph.bench.service import DEFAULT_CONFIG, ROOT, RunningService, start_service
+from infergraph.paths import PROJECT_ROOT
+from infergraph.testing.service import DEFAULT_CONFIG, RunningService, start_service
 from loadtest.report import report
 
 console = Console()
-LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
+LOCUSTFILE = PROJECT_ROOT / "loadtest" / "locustfile.py"
 
 
 class LogTail:
@@ -107,7 +108,7 @@ def locust_command(args: argparse.Namespace, url: str, run_dir: Path, extra: lis
         "-m",
         "locust",
         "-f",
-        str(LOCUSTFILE.relative_to(ROOT)),
+        str(LOCUSTFILE.relative_to(PROJECT_ROOT)),
         "--headless",
         "--only-summary",
         "-H",
@@ -145,7 +146,9 @@ def run_locust(cmd: list[str], run_dir: Path, plan: list[tuple[str, float, int]]
     tail = LogTail(run_dir / "requests.jsonl")
     interval = 5.0
     with open(run_dir / "locust.log", "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, cwd=PROJECT_ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     started = time.monotonic()
     try:
         while proc.poll() is None:
@@ -193,7 +196,7 @@ def main() -> int:
     ap.add_argument("--overload-s", type=float, default=60.0)
     ap.add_argument("--recover-s", type=float, default=30.0)
     ap.add_argument("--timeout-s", type=float, default=35.0, help="client timeout of one request")
-    ap.add_argument("--out", type=Path, default=ROOT / "results" / "overload")
+    ap.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "overload")
     ap.add_argument("locust_args", nargs=argparse.REMAINDER, help="after --: more Locust options")
     args = ap.parse_args()
     extra = [a for a in args.locust_args if a != "--"]

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Peer benchmark side by side, in one run: Infinity (ONNX INT8), naive FastAPI, naive Ray Serve and
-# infergraph, same frozen corpus and the peers' own load generator (../shared/bench/peers).
-#   bash bench/peers.sh            # ~25 min; needs the peers' one-time setup (their setup.sh)
-#   SERVERS=infinity-int8 REPEAT_KEY=1 bash bench/peers.sh   # ~9 min: the best peer, then infergraph
-#   SERVERS= SERVE_ENV=none LABEL=python-proxy MATRIX="1:32 32:4" bash bench/peers.sh   # A/B points
+# infergraph, same frozen corpus and the peers' own load generator (bench/peers/, vendored).
+#   bash infergraph/bench/peers.sh   # ~25 min; runs the peers' one-time setup (bench/peers/setup.sh) first
+#   SERVERS=infinity-int8 REPEAT_KEY=1 bash infergraph/bench/peers.sh   # ~9 min: the best peer, then infergraph
+#   SERVERS= SERVE_ENV=none LABEL=python-proxy MATRIX="1:32 32:4" bash infergraph/bench/peers.sh   # A/B points
 # infergraph starts with `--env-file configs/serve.env` (SERVE_ENV=none: without it).
 # Results: $PEERS/results/side_by_side.jsonl and a markdown table on stdout.
 set -euo pipefail
-ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-PEERS_DIR="${PEERS_DIR:-$ROOT/../shared/bench/peers}"
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+PEERS_DIR="${PEERS_DIR:-$ROOT/bench/peers}"
 export PEERS="${PEERS:-/tmp/peers}"
 export OUT="${OUT:-$PEERS/results/side_by_side.jsonl}"
 SERVERS="${SERVERS-infinity-int8 fastapi ray}"   # SERVERS= : infergraph only

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -24,10 +23,10 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from infergraph.bench.loadgen import DEV_KEY
-from infergraph.bench.service import start_service
-
-ROOT = Path(__file__).resolve().parents[2]
+from infergraph.corpus import load_corpus
+from infergraph.paths import PROJECT_ROOT
+from infergraph.testing import DEV_KEY
+from infergraph.testing.service import start_service
 
 
 def main() -> None:
@@ -36,7 +35,7 @@ def main() -> None:
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
     args = parser.parse_args()
     console = Console()
-    corpus = [json.loads(line)["text"] for line in (ROOT / "loadtest" / "corpus_en.jsonl").open()][:500]
+    corpus = load_corpus(500)
     with console.status("starting the service"):
         service = start_service()
     rows: dict[str, list[float]] = {"client": [], "router": [], "body": [], "model": [], "added": []}
@@ -78,7 +77,7 @@ def main() -> None:
     console.print(table)
     bar = summary["added"]["p50_ms"]
     console.print(f"router adds {bar:.2f} ms at p50 (bar: <= 2 ms): {'met' if bar <= 2 else 'missed'}")
-    out = ROOT / "results" / "router-overhead.json"
+    out = PROJECT_ROOT / "results" / "router-overhead.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(summary, indent=2))
 

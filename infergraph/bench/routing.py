@@ -30,7 +30,8 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-ROOT = Path(__file__).resolve().parents[2]
+from infergraph.paths import PROJECT_ROOT
+
 LEAST_CONNECTIONS = "infergraph.deployments.routing:LeastConnectionsRouter"
 LEAST_TIME = "infergraph.deployments.routing:LeastTimeRouter"
 console = Console(width=None if sys.stdout.isatty() else 120)  # a log gets the whole table
@@ -207,8 +208,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=1.0, help="discarded seconds at the start of each turn")
     ap.add_argument("--max-ongoing", type=int, default=16, help="max_ongoing_requests per replica")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", type=Path, default=ROOT / "results" / "bench-routing.json")
-    ap.add_argument("--png", type=Path, default=ROOT / "docs" / "bench-routing.png")
+    ap.add_argument("--json", type=Path, default=PROJECT_ROOT / "results" / "bench-routing.json")
+    ap.add_argument("--png", type=Path, default=PROJECT_ROOT / "docs" / "bench-routing.png")
     a = ap.parse_args()
 
     capacity = (a.replicas - 1 + 1 / a.slow_factor) / (a.service_ms / 1000)  # requests/s, one worker each

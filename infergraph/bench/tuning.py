@@ -20,9 +20,9 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from infergraph.bench.encoders import load_corpus
 from infergraph.bench.loadgen import closed_loop
-from infergraph.bench.service import DEFAULT_CONFIG, start_service
+from infergraph.corpus import load_corpus
+from infergraph.testing.service import DEFAULT_CONFIG, start_service
 
 Config = dict[str, Any]
 

@@ -1,10 +1,10 @@
 """Admission control for one model: bounded per-tier queues, deadlines and a cap on work in flight.
 
 Ray's own queues (handle, replica) are FIFO, so the router keeps requests here until the model
-deployment has room: at most `max_in_flight` sentences per replica are out at once (about two of
-its batches: one computing, one filling) in at most `max_calls_per_replica` calls. Waiting therefore
-happens where priority still applies, and under load the queued requests leave in groups, one call
-each, which saves the per-call overhead of Serve's handles.
+deployment has room: at most `max_in_flight` units (sentences, document pairs) per replica are out
+at once (about two of its batches: one computing, one filling) in at most `max_calls_per_replica`
+calls. Waiting therefore happens where priority still applies, and under load the queued requests
+leave in groups, one call each, which saves the per-call overhead of Serve's handles.
 
 Dispatch rule (strict priority with a starvation guard): the next call takes requests of the most
 urgent non-empty tier, FIFO within a tier, except that a waiting tier passed over `starvation_guard`
@@ -25,14 +25,31 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from infergraph.deployments.tenants import Rejection, Tier, TierPolicy
+from pydantic import BaseModel, ConfigDict, Field
+
+from infergraph.deployments.tenants import Rejection, TierPolicy
+from infergraph.protocol.common import Tier
+
+
+class AdmissionConfig(BaseModel):
+    """How the router meters work into each model deployment (`admission:` in serve.yaml)."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_in_flight_per_replica: int = Field(128, ge=1, description="units out at once per replica")
+    max_calls_per_replica: int = Field(4, ge=1, description="calls out at once per replica")
+    express_calls_per_replica: int = Field(2, ge=0, description="extra calls only premium may use")
+    max_group_units: int = Field(64, ge=1, description="units per grouped call")
+    max_group_requests: int = Field(32, ge=1, description="requests per grouped call")
+    starvation_guard: int = Field(8, ge=1, description="dispatches a waiting lower tier may be passed over")
+    replica_refresh_s: float = Field(2.0, gt=0, description="how often replica counts are re-read")
 
 
 @dataclass(eq=False)
 class Ticket:
     """One admitted request waiting for (or riding in) a call to the model deployment."""
 
-    texts: list[str]
+    work: Any  # the kind's payload (EmbedWork, RerankWork, ...), sent as it is
+    units: int  # what it weighs: sentences, document pairs
     tier: Tier
     deadline: float  # time.time() instant
     enqueued: float
@@ -40,10 +57,6 @@ class Ticket:
     tenant: str = ""
     dispatched: float | None = None
     answered: float | None = None
-
-    @property
-    def sentences(self) -> int:
-        return len(self.texts)
 
     @property
     def queued_s(self) -> float:
@@ -60,20 +73,20 @@ Send = Callable[[list[Ticket]], Awaitable[list[Any]]]
 
 
 class ComputeRate:
-    """Seconds of model compute per sentence (EWMA of what the replicas report per request).
+    """Seconds of model compute per unit (EWMA of what the replicas report per request).
 
     Compute, not completion spacing: the replica's batcher serves urgent work first and in full
     batches, so that is the rate at which the work ahead of an urgent request drains.
     """
 
     def __init__(self, prior_s: float, alpha: float = 0.1) -> None:
-        self.seconds_per_sentence = prior_s
+        self.seconds_per_unit = prior_s
         self.alpha = alpha
 
-    def observe(self, sentences: int, compute_s: float) -> None:
-        if sentences and compute_s > 0:
-            sample = compute_s / sentences
-            self.seconds_per_sentence += self.alpha * (sample - self.seconds_per_sentence)
+    def observe(self, units: int, compute_s: float) -> None:
+        if units and compute_s > 0:
+            sample = compute_s / units
+            self.seconds_per_unit += self.alpha * (sample - self.seconds_per_unit)
 
 
 class ModelQueue:
@@ -86,10 +99,10 @@ class ModelQueue:
         max_in_flight_per_replica: int = 128,
         max_calls_per_replica: int = 4,
         express_calls_per_replica: int = 2,
-        max_group_sentences: int = 64,
+        max_group_units: int = 64,
         max_group_requests: int = 32,
         starvation_guard: int = 8,
-        prior_s_per_sentence: float = 0.01,
+        prior_s_per_unit: float = 0.01,
         prior_call_s: float = 0.05,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -97,14 +110,14 @@ class ModelQueue:
         self.max_in_flight_per_replica = max_in_flight_per_replica
         self.max_calls_per_replica = max_calls_per_replica
         self.express_calls_per_replica = express_calls_per_replica
-        self.max_group_sentences, self.max_group_requests = max_group_sentences, max_group_requests
+        self.max_group_units, self.max_group_requests = max_group_units, max_group_requests
         self.starvation_guard = starvation_guard
         self.replicas = 1
         self.queues: dict[Tier, deque[Ticket]] = {t: deque() for t in Tier}
         self.passed_over = dict.fromkeys(Tier, 0)
-        self.in_flight_sentences = 0
+        self.in_flight_units = 0
         self.in_flight_calls = 0
-        self.rate = ComputeRate(prior_s_per_sentence)
+        self.rate = ComputeRate(prior_s_per_unit)
         self.call_s = dict.fromkeys(Tier, prior_call_s)  # recent model call time per tier (EWMA)
         self.on_dispatch: Callable[[Ticket], None] = lambda _: None
         self.on_cancelled: Callable[[Ticket], None] = lambda _: None
@@ -123,25 +136,25 @@ class ModelQueue:
         return self.express_calls_per_replica * max(1, self.replicas)
 
     def has_room(self) -> bool:
-        return self.in_flight_sentences < self.max_in_flight and self.in_flight_calls < self.max_calls
+        return self.in_flight_units < self.max_in_flight and self.in_flight_calls < self.max_calls
 
     def depth(self, tier: Tier | None = None) -> int:
         return sum(len(q) for t, q in self.queues.items() if tier in (None, t))
 
-    def estimated_wait_s(self, tier: Tier, extra_sentences: int = 0) -> float:
-        """Time until a new `tier` request of `extra_sentences` would be answered: the queued work
+    def estimated_wait_s(self, tier: Tier, extra_units: int = 0) -> float:
+        """Time until a new `tier` request of `extra_units` would be answered: the queued work
         of its tier and above at the replicas' measured compute rate, plus one model call.
 
         A call's time is the fastest tier's recent average: the replica's batcher serves by tier,
         so urgent work does not wait for everything in flight, and a tier that has been refused
         for a while cannot lock itself out with a stale figure.
         """
-        ahead = sum(t.sentences for tr in Tier if tr.rank <= tier.rank for t in self.queues[tr])
-        drain_s = (ahead + extra_sentences) * self.rate.seconds_per_sentence / max(1, self.replicas)
+        ahead = sum(t.units for tr in Tier if tr.rank <= tier.rank for t in self.queues[tr])
+        drain_s = (ahead + extra_units) * self.rate.seconds_per_unit / max(1, self.replicas)
         return drain_s + min(self.call_s.values())
 
     async def submit(
-        self, texts: list[str], tier: Tier, deadline: float, tenant: str = ""
+        self, work: Any, units: int, tier: Tier, deadline: float, tenant: str = ""
     ) -> tuple[Any, Ticket]:
         """Queue one request; returns the deployment's answer and the ticket (for its timings).
 
@@ -154,12 +167,12 @@ class ModelQueue:
             raise Rejection(
                 429, "queue_full", f"the {tier} queue for this model is full", self.estimated_wait_s(tier)
             )
-        wait = self.estimated_wait_s(tier, extra_sentences=len(texts))
+        wait = self.estimated_wait_s(tier, extra_units=units)
         if now + wait > deadline:
             budget_ms = (deadline - now) * 1000
             message = f"the backlog (~{wait * 1000:.0f} ms) exceeds the deadline ({budget_ms:.0f} ms)"
             raise Rejection(503, "deadline_exceeded", message, wait)
-        ticket = Ticket(texts, tier, deadline, now, asyncio.get_running_loop().create_future(), tenant)
+        ticket = Ticket(work, units, tier, deadline, now, asyncio.get_running_loop().create_future(), tenant)
         queue.append(ticket)
         self.pump()
         try:
@@ -170,14 +183,38 @@ class ModelQueue:
                 self.on_cancelled(ticket)
             raise
 
+    # --- what the router reads and tells ----------------------------------------------------------
+    def set_replicas(self, running: int) -> None:
+        """The deployment's running replicas changed: the in-flight cap scales with them."""
+        self.replicas = max(1, running)
+        self.pump()
+
+    def observe_compute(self, units: int, compute_s: float) -> None:
+        """An answered request's share of replica compute: the rate deadlines are judged by."""
+        self.rate.observe(units, compute_s)
+
+    def queued_units(self) -> int:
+        return sum(t.units for q in self.queues.values() for t in q)
+
+    def stats(self) -> dict[str, Any]:
+        """A snapshot for `/admin/usage`."""
+        return {
+            "replicas": self.replicas,
+            "queued": {t.value: self.depth(t) for t in Tier},
+            "queued_units": self.queued_units(),
+            "in_flight_units": self.in_flight_units,
+            "in_flight_calls": self.in_flight_calls,
+            "seconds_per_unit": self.rate.seconds_per_unit,
+        }
+
     # --- dispatch -------------------------------------------------------------------------------
     def pump(self) -> None:
         """Send groups of queued requests while the deployment has room."""
         while (tier := self._dispatchable_tier()) is not None:
-            room = max(self.max_in_flight - self.in_flight_sentences, 1)
+            room = max(self.max_in_flight - self.in_flight_units, 1)
             group = self._take_group(tier, room)
             if group:
-                self.in_flight_sentences += sum(t.sentences for t in group)
+                self.in_flight_units += sum(t.units for t in group)
                 self.in_flight_calls += 1
                 asyncio.get_running_loop().create_task(self._call(group))
 
@@ -199,15 +236,15 @@ class ModelQueue:
         request is done, so urgent work never rides in a call with bulk work."""
         queue = self.queues[tier]
         group: list[Ticket] = []
-        sentences = 0
-        limit = min(room, self.max_group_sentences)
+        units = 0
+        limit = min(room, self.max_group_units)
         while queue and len(group) < self.max_group_requests:
             head = queue[0]
-            if group and sentences + head.sentences > limit:
+            if group and units + head.units > limit:
                 break
             queue.popleft()
             now = self.clock()
-            if head.deadline < now + head.sentences * self.rate.seconds_per_sentence:
+            if head.deadline < now + head.units * self.rate.seconds_per_unit:
                 head.future.set_exception(
                     Rejection(503, "deadline_exceeded", "the deadline passed while the request was queued", 1)
                 )
@@ -215,7 +252,7 @@ class ModelQueue:
             head.dispatched = now
             self.on_dispatch(head)
             group.append(head)
-            sentences += head.sentences
+            units += head.units
         return group
 
     def _next_tier(self) -> Tier:
@@ -227,7 +264,7 @@ class ModelQueue:
         return chosen
 
     async def _call(self, group: list[Ticket]) -> None:
-        sentences = sum(t.sentences for t in group)
+        units = sum(t.units for t in group)
         try:
             results = await self.send(group)
         except Exception as exc:
@@ -242,6 +279,6 @@ class ModelQueue:
                 if not t.future.done():
                     t.future.set_result(result)
         finally:
-            self.in_flight_sentences -= sentences
+            self.in_flight_units -= units
             self.in_flight_calls -= 1
             self.pump()

@@ -8,13 +8,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application
 
-from infergraph.deployments.encoder import TextEncoderDeployment
-from infergraph.deployments.router import DEFAULT_MAX_BODY_BYTES, AdmissionConfig, Router
+from infergraph.deployments.admission import AdmissionConfig
+from infergraph.deployments.context import BuildContext
+from infergraph.deployments.kinds import KINDS
+from infergraph.deployments.router import DEFAULT_MAX_BODY_BYTES, Router
 from infergraph.deployments.tenants import load_tenants
-from infergraph.deployments.variants import absolute_tracking_uri, launch_root
-from infergraph.runtimes.catalog import load_catalog
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+from infergraph.paths import absolute_tracking_uri, launch_root, project_path
+from infergraph.runtimes.catalog import Catalog, load_catalog
 
 
 class RegistryArgs(BaseModel):
@@ -40,11 +40,6 @@ class AppArgs(BaseModel):
     registry: RegistryArgs = RegistryArgs()
 
 
-def project_path(path: str) -> Path:
-    """Relative paths are the project's: replicas do not share the CLI's working dir."""
-    return Path(path) if Path(path).is_absolute() else PROJECT_ROOT / path
-
-
 def build_app(args: dict[str, Any]) -> Application:
     opts = AppArgs.model_validate(args or {})
     catalog = load_catalog(project_path(opts.catalog))
@@ -53,21 +48,32 @@ def build_app(args: dict[str, Any]) -> Application:
     root = launch_root()
     tracking_uri = absolute_tracking_uri(opts.registry.tracking_uri, root)
     cache = str(root / Path(opts.registry.cache_dir).expanduser()) if opts.registry.cache_dir else None
-    handles = {}
-    for name in opts.models:
-        spec = catalog.get(name).model_dump()
-        deployment = TextEncoderDeployment.options(name=name)  # type: ignore[attr-defined]
-        handles[name] = deployment.bind(
-            spec,
-            engine=opts.engine,
-            tracking_uri=tracking_uri,
-            default_variant=opts.registry.default_variant.format(name=name),
-            registry_cache=cache,
-            alias_refresh_s=opts.registry.alias_refresh_s,
-        )
+    registry = opts.registry
+    ctx = BuildContext(opts.engine, tracking_uri, registry.default_variant, cache, registry.alias_refresh_s)
+    bound: dict[str, Application] = {}
+    for name in with_dependencies(catalog, opts.models):
+        spec = catalog.get(name)
+        bound[name] = KINDS[spec.kind].bind(spec, ctx, bound)
     return Router.bind(  # type: ignore[attr-defined]
-        handles,
+        bound,
+        {name: catalog.get(name).kind for name in bound},
         tenants=tenants.model_dump(mode="json"),
         admission=opts.admission.model_dump(),
         max_body_bytes=opts.max_body_bytes,
     )
+
+
+def with_dependencies(catalog: Catalog, models: list[str]) -> list[str]:
+    """`models` plus the models they call (a hybrid re-ranker's encoder), callees first."""
+    ordered: list[str] = []
+
+    def visit(name: str) -> None:
+        if name not in ordered:
+            spec = catalog.get(name)
+            for callee in KINDS[spec.kind].calls(spec):
+                visit(callee)
+            ordered.append(name)
+
+    for name in models:
+        visit(name)
+    return ordered

@@ -3,25 +3,26 @@
 Why: Serve's default policy sizes a deployment from the requests running at its replicas and queued
 at its handles, against `target_ongoing_requests` per replica. In infergraph that is not where work
 waits: the Router holds requests in its own per-model queues (deployments/admission.py) and lets
-each replica have only `max_in_flight_per_replica` sentences at once, so however deep the router's
+each replica have only `max_in_flight_per_replica` units at once, so however deep the router's
 queue grows, Serve sees a deployment that is merely full. The Router reports its queues through
 `record_autoscaling_stats()`; an application-level policy gets every deployment's context, so it
 reads them off the Router's context while it decides for each model deployment.
 
-Per deployment D, counted in sentences (the unit the router meters work in):
+Per deployment D, counted in units (what the router meters work in: sentences for encoders,
+document pairs for re-rankers):
 
     backlog(D)  = queued(D) + max(in_flight(D), ongoing(D))
     replicas(D) = ceil(backlog(D) / target(D)), within D's min_replicas..max_replicas
 
 - queued(D): waiting for D in the router's queues, summed over Router replicas: the metric
-  `queued_sentences:D` if the router reports it, else `queued:D` (requests, each counted as one
-  sentence: a lower bound, still > 0 whenever the router holds work back).
-- in_flight(D): sentences the router has sent to D and not yet had answered (`in_flight:D`).
+  `queued_units:D` if the router reports it, else `queued:D` (requests, each counted as one
+  unit: a lower bound, still > 0 whenever the router holds work back).
+- in_flight(D): units the router has sent to D and not yet had answered (`in_flight:D`).
 - ongoing(D): Serve's count of requests running at D or queued at its handles
   (`ctx.total_num_requests`). The router's calls are among them, so the larger of the two views
   is taken, not the sum; ongoing only wins for callers that bypass the router.
-- target(D): `target_sentences_per_replica` from `policy_kwargs` for the deployments the router
-  queues for, else D's own `target_ongoing_requests` (so set that in sentences: 64, one batch).
+- target(D): `target_units_per_replica` from `policy_kwargs` for the deployments the router
+  queues for, else D's own `target_ongoing_requests` (so set that in units: 64, one batch).
 
 A deployment the router does not queue for (the Router itself) has queued = in_flight = 0, which
 leaves Serve's default rule, ongoing / target_ongoing_requests. Serve then applies, per deployment,
@@ -47,7 +48,7 @@ from ray.serve.config import AutoscalingConfig, AutoscalingContext
 
 log = logging.getLogger("ray.serve")
 
-ROUTER_METRICS = ("queued", "queued_sentences", "in_flight")
+ROUTER_METRICS = ("queued", "queued_units", "in_flight")
 
 
 def router_queues(contexts: Iterable[AutoscalingContext]) -> dict[str, dict[str, float]]:
@@ -65,10 +66,10 @@ class QueueDepthPolicy:
     """Application-level policy: `policy_function: infergraph.deployments.autoscaling:QueueDepthPolicy`
     (Serve passes `policy_kwargs` to a class), or the ready instance `queue_depth_policy`."""
 
-    def __init__(self, target_sentences_per_replica: float | None = None) -> None:
-        if target_sentences_per_replica is not None and not target_sentences_per_replica > 0:
-            raise ValueError("target_sentences_per_replica must be positive")
-        self.target_sentences_per_replica = target_sentences_per_replica
+    def __init__(self, target_units_per_replica: float | None = None) -> None:
+        if target_units_per_replica is not None and not target_units_per_replica > 0:
+            raise ValueError("target_units_per_replica must be positive")
+        self.target_units_per_replica = target_units_per_replica
 
     def __call__(
         self, contexts: dict[DeploymentID, AutoscalingContext]
@@ -79,10 +80,10 @@ class QueueDepthPolicy:
         for dep_id, ctx in contexts.items():
             name = ctx.deployment_name
             fed = any(name in router[kind] for kind in ROUTER_METRICS)
-            queued = router["queued_sentences"].get(name, router["queued"].get(name, 0.0))
+            queued = router["queued_units"].get(name, router["queued"].get(name, 0.0))
             in_flight = router["in_flight"].get(name, 0.0)
             backlog = queued + max(in_flight, ctx.total_num_requests)
-            target = self.target_sentences_per_replica if fed else None
+            target = self.target_units_per_replica if fed else None
             target = target or (ctx.config or AutoscalingConfig()).get_target_ongoing_requests()
             wanted = math.ceil(backlog / target - 1e-9)
             desired = max(ctx.capacity_adjusted_min_replicas, min(wanted, ctx.capacity_adjusted_max_replicas))

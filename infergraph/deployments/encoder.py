@@ -27,11 +27,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ray import serve
+from ray.serve import Application
 
-from infergraph.deployments.schemas import EmbedResult
+from infergraph.deployments.context import BuildContext
+from infergraph.deployments.errors import ApiError
+from infergraph.deployments.gateway import Endpoint, ServedModel
 from infergraph.deployments.variants import BASE, ResolvedVariant, alias_version, resolve_variant
+from infergraph.protocol.common import Job
+from infergraph.protocol.embeddings import EmbeddingRequest, EmbedResult, EmbedWork, embeddings_payload
 from infergraph.runtimes.batching import DeadlineExceededError, PriorityBatcher
-from infergraph.runtimes.catalog import ModelSpec
+from infergraph.runtimes.catalog import EncoderSpec, RerankerSpec
 from infergraph.runtimes.text_encoder import BatchLimits, InputTooLongError, TextEncoder
 
 log = logging.getLogger("ray.serve")
@@ -87,9 +92,6 @@ class _Tokenized:
     ids: list[list[int]]
 
 
-STANDARD_RANK = 1  # a direct handle call without a tier is treated as standard
-
-
 def _initial_user_config() -> dict[str, Any]:
     """The user_config this replica starts with (Serve sets the context before the constructor runs),
     so the variant it names is loaded once instead of the default first; {} when unavailable."""
@@ -112,7 +114,7 @@ class TextEncoderDeployment:
         registry_cache: str | None = None,
         alias_refresh_s: float = 0.0,
     ) -> None:
-        self.spec = ModelSpec.model_validate(spec)
+        self.spec = EncoderSpec.model_validate(spec)
         self.engine_kind = engine
         self.threads = threads or int(os.environ.get("INFERGRAPH_ENGINE_THREADS", os.cpu_count() or 1))
         # ONNX runs this many forward passes at once (default: one single-threaded pass per thread).
@@ -269,42 +271,41 @@ class TextEncoderDeployment:
         }
 
     # --- requests ---------------------------------------------------------------------------------
-    async def embed(
-        self, texts: list[str], rank: int = STANDARD_RANK, deadline: float = float("inf")
-    ) -> EmbedResult:
-        """Embed one request's texts; an over-long input is a client error, not an exception.
+    async def run(self, jobs: list[Job[EmbedWork]]) -> list[EmbedResult]:
+        """Several requests in one call: the router groups queued ones to save per-call overhead."""
+        self.stats["grouped_calls"] += 1
+        return list(await asyncio.gather(*(self.embed(job) for job in jobs)))
 
-        `rank` is the tier (0 = premium) and `deadline` a `time.time()` instant: both order the
-        batch queue, and work still queued at its deadline is refused without being computed.
-        """
+    async def embed(self, job: Job[EmbedWork]) -> EmbedResult:
+        """Embed one request's texts; an over-long input is a client error (unless it asked to be
+        truncated), not an exception. The tier and deadline order the batch queue, and work still
+        queued at its deadline is refused without being computed."""
         self.stats["requests"] += 1
         self._follow_alias()
         encoder = self.encoder  # the one that tokenizes is the one that computes, across a swap
+        work, truncated = job.work, 0
         try:
-            ids = encoder.tokenize(texts)
+            if work.truncate:
+                ids, truncated = encoder.tokenize_truncating(work.texts, work.truncation_direction)
+            else:
+                ids = encoder.tokenize(work.texts)
         except InputTooLongError as exc:
-            return EmbedResult(error=str(exc), error_param="input")
+            return EmbedResult(error=str(exc), error_param="input", error_code="context_length_exceeded")
+        self.stats["truncated"] += truncated
         try:
-            done: EncodedJob = await self.batcher.submit(_Tokenized(encoder, ids), len(ids), rank, deadline)
+            done: EncodedJob = await self.batcher.submit(
+                _Tokenized(encoder, ids), len(ids), job.tier.rank, job.deadline
+            )
         except DeadlineExceededError:
             self.stats["deadline_drops"] += 1
             return EmbedResult(error="deadline passed while queued in the replica", deadline_exceeded=True)
         return EmbedResult(
             embeddings=done.vectors,
-            prompt_tokens=sum(len(row) for row in ids),
-            batch_sentences=done.batch_sentences,
+            usage_tokens=sum(len(row) for row in ids),
+            batch_size=done.batch_sentences,
             compute_s=done.compute_s,
+            truncated=truncated,
         )
-
-    async def embed_many(
-        self, requests: list[list[str]], ranks: list[int] | None = None, deadlines: list[float] | None = None
-    ) -> list[EmbedResult]:
-        """Several requests in one call: the router groups queued ones to save per-call overhead."""
-        self.stats["grouped_calls"] += 1
-        ranks = ranks or [STANDARD_RANK] * len(requests)
-        deadlines = deadlines or [float("inf")] * len(requests)
-        calls = (self.embed(t, r, d) for t, r, d in zip(requests, ranks, deadlines, strict=True))
-        return list(await asyncio.gather(*calls))
 
     async def _encode_batch(self, jobs: list[_Tokenized]) -> list[EncodedJob]:
         flat = [row for job in jobs for row in job.ids]
@@ -332,3 +333,33 @@ def _split(vectors: Any, jobs: list[_Tokenized]) -> list[Any]:
         out.append(vectors[start : start + len(job.ids)])
         start += len(job.ids)
     return out
+
+
+class EmbeddingsEndpoint(Endpoint[EmbeddingRequest, EmbedResult]):
+    """`POST /v1/embeddings` on text-encoder models."""
+
+    paths = ("/v1/embeddings",)
+    kinds = ("text-encoder",)
+    request_type = EmbeddingRequest
+
+    async def check(self, req: EmbeddingRequest, model: ServedModel) -> None:
+        if req.dimensions is not None and req.dimensions != (dims := await model.cached("dimensions")):
+            raise ApiError(400, f"{req.model} only returns {dims} dimensions", param="dimensions")
+
+    def payload(self, req: EmbeddingRequest, result: EmbedResult, path: str) -> bytes:
+        return embeddings_payload(req, result)
+
+
+def bind_encoder(
+    spec: EncoderSpec | RerankerSpec, ctx: BuildContext, bound: dict[str, Application]
+) -> Application:
+    """The text-encoder deployment for one catalog entry, named after the model."""
+    deployment = TextEncoderDeployment.options(name=spec.name)  # type: ignore[attr-defined]
+    return deployment.bind(
+        spec.model_dump(),
+        engine=ctx.engine,
+        tracking_uri=ctx.tracking_uri,
+        default_variant=ctx.default_variant.format(name=spec.name),
+        registry_cache=ctx.registry_cache,
+        alias_refresh_s=ctx.alias_refresh_s,
+    )

@@ -14,6 +14,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from infergraph.deployments.admission import ModelQueue, Ticket
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -52,15 +54,15 @@ class RouterMetrics:
             registry=r,
         )
         self.batch_size = Histogram(
-            "infergraph_batch_sentences",
-            "Size of the replica batch each request was computed in",
+            "infergraph_batch_units",
+            "Size (sentences, document pairs) of the replica batch each request was computed in",
             model,
             buckets=BATCH_BUCKETS,
             registry=r,
         )
         self.queue_depth = Gauge("infergraph_queue_depth", "Requests waiting", ["model", "tier"], registry=r)
         self.in_flight = Gauge(
-            "infergraph_in_flight_sentences", "Sentences sent, not yet answered", model, registry=r
+            "infergraph_in_flight_units", "Units sent, not yet answered", model, registry=r
         )
         self.replicas = Gauge("infergraph_model_replicas", "Running replicas seen", model, registry=r)
         self.tokens = Counter("infergraph_tenant_input_tokens", "Prompt tokens", tenant_model, registry=r)
@@ -99,6 +101,24 @@ class RouterMetrics:
     def client_error(self, model: str, tier: str, tenant: str) -> None:
         self.requests.labels(model, tier, tenant, "client_error").inc()
         self.usage[tenant].requests += 1
+
+    def watch_queue(self, model: str, queue: ModelQueue) -> None:
+        """Time each dispatched request waited, and count the ones whose client went away."""
+
+        def dispatched(t: Ticket) -> None:
+            self.queue_wait.labels(model, t.tier.value).observe(t.queued_s)
+
+        def cancelled(t: Ticket) -> None:
+            self.rejections.labels(model, t.tier.value, t.tenant, "cancelled").inc()
+
+        queue.on_dispatch, queue.on_cancelled = dispatched, cancelled
+
+    def observe_queue(self, model: str, stats: dict[str, Any]) -> None:
+        """Bring the queue gauges of one model up to date (from `ModelQueue.stats()`)."""
+        for tier, depth in stats["queued"].items():
+            self.queue_depth.labels(model, tier).set(depth)
+        self.in_flight.labels(model).set(stats["in_flight_units"])
+        self.replicas.labels(model).set(stats["replicas"])
 
     def cost(self, compute_s: float) -> float:
         return compute_s / 3600 * self.price_per_replica_hour

@@ -12,24 +12,12 @@ import hmac
 import math
 import time
 from collections.abc import Callable
-from enum import StrEnum
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-
-class Tier(StrEnum):
-    """Priority tiers, most urgent first."""
-
-    premium = "premium"
-    standard = "standard"
-    batch = "batch"
-
-    @property
-    def rank(self) -> int:
-        """0 for premium: lower ranks are served first."""
-        return list(Tier).index(self)
+from infergraph.protocol.common import Tier
 
 
 class Rejection(Exception):

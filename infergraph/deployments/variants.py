@@ -20,27 +20,22 @@ store is never created here: a missing SQLite file means "no registry".
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from infergraph.files import move_into_place, scratch_dir
+from infergraph.paths import absolute_tracking_uri, launch_root, sqlite_file
 from infergraph.runtimes.artifact import ArtifactError, Manifest, verify_artifact
 from infergraph.runtimes.catalog import cache_root
 
 log = logging.getLogger("ray.serve")
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-RAY_COPY_MARKER = "runtime_resources/working_dir_files/"  # where Ray unpacks a runtime_env working_dir
 BASE = "base"
 MODELS_SCHEME = "models:/"
-SQLITE_PREFIX = "sqlite:///"
 
 VariantSource = Literal["registry", "path", "base"]
 
@@ -74,66 +69,9 @@ class ResolvedVariant:
         return self.manifest.precision if self.manifest else "fp32"
 
 
-def _is_checkout(path: Path) -> bool:
-    """This project's folder, and not a copy Ray unpacked for a runtime_env."""
-    is_project = (path / "pyproject.toml").is_file() and (path / "infergraph" / "deployments").is_dir()
-    return is_project and RAY_COPY_MARKER not in path.as_posix()
-
-
-def _launch_dirs() -> Iterator[Path]:
-    """Where the processes this one descends from run (a local cluster's raylet: where `serve run`
-    started it), then the shell's last directories (a worker is started by `cd <copy> && ...`)."""
-    try:
-        import psutil  # a Ray dependency
-
-        for parent in psutil.Process().parents():
-            with contextlib.suppress(psutil.Error, OSError):
-                yield Path(parent.cwd())
-    except Exception:  # no psutil, or no /proc: only the environment is left
-        pass
-    for var in ("OLDPWD", "PWD"):
-        if os.environ.get(var):
-            yield Path(os.environ[var])
-
-
-def launch_root() -> Path:
-    """The checkout whose `mlflow/` store and artifact folders relative paths mean.
-
-    Under `uv run serve run ...` (Ray's uv hook) or a runtime_env `working_dir`, replicas run a packaged
-    copy of the project that leaves out ignored folders such as `mlflow/`, so this file's own project
-    is the wrong place to look. In order: `INFERGRAPH_ROOT`; this file's project unless it is such a
-    copy; the checkout the local cluster was started from (see `_launch_dirs`); else this file's
-    project (a store there then reads as missing, and the card's `variant_reason` shows the path).
-    """
-    if os.environ.get("INFERGRAPH_ROOT"):
-        return Path(os.environ["INFERGRAPH_ROOT"]).expanduser()
-    if RAY_COPY_MARKER not in PROJECT_ROOT.as_posix():
-        return PROJECT_ROOT
-    return next((path for path in _launch_dirs() if _is_checkout(path)), PROJECT_ROOT)
-
-
 def registry_cache_dir() -> Path:
     """Where registry downloads are kept unless `registry.cache_dir` says otherwise."""
     return cache_root() / "registry"
-
-
-def absolute_tracking_uri(uri: str, root: Path | None = None) -> str:
-    """`sqlite:///mlflow/mlflow.db` is relative to the project (`launch_root()`), not to a replica's
-    working dir."""
-    root = root or launch_root()
-    if uri.startswith(SQLITE_PREFIX):
-        path = uri[len(SQLITE_PREFIX) :]
-        if path and not path.startswith("/") and not path.startswith(":memory:"):
-            return SQLITE_PREFIX + str(root / path)
-    return uri
-
-
-def sqlite_file(tracking_uri: str) -> Path | None:
-    """The database file of a `sqlite:///` tracking URI (None for other stores)."""
-    if not tracking_uri.startswith(SQLITE_PREFIX):
-        return None
-    path = tracking_uri[len(SQLITE_PREFIX) :].split("?", 1)[0]
-    return None if path.startswith(":memory:") else Path(path)
 
 
 def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
@@ -280,9 +218,7 @@ def _download(spec_name: str, requested: str, download_uri: str, tracking_uri: s
     from mlflow.artifacts import download_artifacts
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm bars in replica logs
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with scratch_dir(target) as tmp:
         try:
             local = Path(
                 download_artifacts(artifact_uri=download_uri, dst_path=str(tmp), tracking_uri=tracking_uri)
@@ -290,13 +226,7 @@ def _download(spec_name: str, requested: str, download_uri: str, tracking_uri: s
         except Exception as exc:  # MLflow raises several kinds (missing files, repository errors)
             raise VariantError(f"variant {requested}: download of {download_uri} failed: {exc}") from exc
         manifest = _verified(spec_name, requested, local)
-        try:
-            local.rename(target)
-        except OSError:  # another replica finished first: use its copy, after verifying it
-            if not target.is_dir():
-                raise
+        if not move_into_place(local, target):  # another replica finished first: use its copy, verified
             manifest = _verified(spec_name, requested, target)
-        log.info("downloaded %s (%s) from %s into %s", requested, manifest.variant, download_uri, target)
-        return manifest
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("downloaded %s (%s) from %s into %s", requested, manifest.variant, download_uri, target)
+    return manifest

@@ -20,9 +20,10 @@ import mlflow
 from rich.console import Console
 
 from infergraph.optimize import report, tracking
-from infergraph.optimize.config import OptimizeConfig, load_config, project_path, sqlite_uri
+from infergraph.optimize.config import OptimizeConfig, load_config
 from infergraph.optimize.gate import VariantResult, eligible
 from infergraph.optimize.pipeline import Settings, head_to_head_with_base, run_model, winner
+from infergraph.paths import PROJECT_ROOT, absolute_tracking_uri, project_path
 
 
 def settings_for(config: OptimizeConfig, name: str, quick: bool) -> Settings:
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
 
     config = load_config(project_path(args.config))
-    tracking_uri = sqlite_uri(args.tracking_uri or config.tracking_uri)
+    tracking_uri = absolute_tracking_uri(args.tracking_uri or config.tracking_uri, PROJECT_ROOT)
     artifact_root = project_path(args.artifact_root or config.artifact_root)
     results_dir = project_path(args.results_dir or config.results_dir)
     quick_models = config.quick.models if (args.quick and config.quick) else None

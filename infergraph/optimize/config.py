@@ -8,8 +8,6 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
 VariantName = Literal[
     "onnx-fp32",  # optimum export, graph optimised by ONNX Runtime at load
     "onnx-fp16",  # a GPU target: measured on CPU too, marked so
@@ -90,18 +88,6 @@ class QuickOverrides(BaseModel):
 
 
 OptimizeConfig.model_rebuild()
-
-
-def project_path(path: str) -> Path:
-    return Path(path) if Path(path).is_absolute() else PROJECT_ROOT / path
-
-
-def sqlite_uri(uri: str) -> str:
-    """`sqlite:///relative.db` is the project's, not the caller's working directory's."""
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        return prefix + str(project_path(uri[len(prefix) :]))
-    return uri
 
 
 def load_config(path: str | Path) -> OptimizeConfig:

@@ -22,7 +22,6 @@ import random
 import re
 import shutil
 import subprocess
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from xml.etree import ElementTree
 
 import numpy as np
 
+from infergraph.files import move_into_place, scratch_dir
 from infergraph.runtimes.catalog import cache_root
 
 
@@ -114,19 +114,13 @@ def fetch_deb(package: str, dest: Path) -> Path:
     for tool in ("apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
             raise DataUnavailableError(f"{package}: `{tool}` is not installed (needs a Debian-like system)")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=f".{dest.name}-") as tmp_name:
-        tmp = Path(tmp_name)
+    with scratch_dir(dest) as tmp:
         _run(["apt-get", "download", package], cwd=tmp, hint=" (no package lists? `apt-get update` first)")
         debs = sorted(tmp.glob(f"{package}_*.deb"))
         if len(debs) != 1:
             raise DataUnavailableError(f"apt-get download {package} left {[d.name for d in debs]}")
         _run(["dpkg-deb", "-x", str(debs[0]), str(tmp / "root")])
-        try:
-            (tmp / "root").rename(dest)
-        except OSError:
-            if not dest.is_dir():  # not a concurrent fetch that finished first
-                raise
+        move_into_place(tmp / "root", dest)  # a concurrent fetch that finished first keeps its copy
     return dest
 
 
@@ -534,11 +528,6 @@ def _english_sources() -> dict[str, tuple[str, ...]]:
         "enwiki": _enwiki(),
     }
     return {name: tuple(_without_lee(texts)) for name, texts in sources.items()}
-
-
-def distillation_sources() -> dict[str, list[str]]:
-    """The English unlabelled texts by source, each deduplicated and free of Lee evaluation text."""
-    return {name: list(texts) for name, texts in _english_sources().items()}
 
 
 def _shuffled(texts: Iterable[str], limit: int | None, seed: int) -> list[str]:

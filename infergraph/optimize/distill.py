@@ -24,6 +24,7 @@ from tqdm import tqdm
 from transformers import AutoModel, PreTrainedModel
 
 from infergraph.runtimes.artifact import tokenizer_sources
+from infergraph.runtimes.engines.base import mean_pool_torch
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def choose_layers(
             input_ids, mask = _padded([token_ids[i] for i in batch], pad_id)
             hidden = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
             target = torch.stack([torch.from_numpy(states[i].astype(np.float32).mean(axis=0)) for i in batch])
-            total += float(torch.nn.functional.cosine_similarity(_mean(hidden, mask), target).sum())
+            total += float(torch.nn.functional.cosine_similarity(mean_pool_torch(hidden, mask), target).sum())
         return total / len(rows)
 
     with tqdm(total=len(keep) - n_layers, desc="choose layers", unit="drop") as bar:
@@ -183,7 +184,9 @@ def distill(
                 for r, i in enumerate(batch):
                     target[r, : len(ids[i])] = torch.from_numpy(states[i].astype(np.float32))
                 hidden = student(input_ids=input_ids, attention_mask=mask).last_hidden_state
-                pooled_cos = torch.nn.functional.cosine_similarity(_mean(hidden, mask), _mean(target, mask))
+                pooled_cos = torch.nn.functional.cosine_similarity(
+                    mean_pool_torch(hidden, mask), mean_pool_torch(target, mask)
+                )
                 loss = (1 - pooled_cos).mean() + settings.token_weight * _token_cosine_loss(
                     hidden, target, mask
                 )
@@ -210,8 +213,3 @@ def distill(
         "train_texts": float(len(ids)),
     }
     return save_model_folder(student, model_dir, out_dir), stats
-
-
-def _mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    m = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)

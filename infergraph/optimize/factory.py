@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
+from infergraph.files import atomic_write_text
 from infergraph.optimize import variants as v
 from infergraph.optimize.config import Distillation, ModelPlan
 from infergraph.optimize.distill import DistillSettings, choose_layers, distill, layer_pruned, teacher_states
 from infergraph.runtimes.artifact import read_manifest
-from infergraph.runtimes.catalog import ModelSpec
+from infergraph.runtimes.catalog import EncoderSpec
 from infergraph.runtimes.engines.onnx_engine import export_onnx
 from infergraph.runtimes.text_encoder import TextEncoder
 
@@ -28,7 +29,7 @@ Corpus = Callable[[], list[str]]
 class VariantFactory:
     def __init__(
         self,
-        spec: ModelSpec,
+        spec: EncoderSpec,
         model_dir: Path,
         work: Path,
         plan: ModelPlan,
@@ -91,8 +92,7 @@ class VariantFactory:
             return tuple(json.loads(saved.read_text()))
         ids, states, pad_id = self.teacher_data
         keep = choose_layers(self.model_dir, ids, states, d.layers, pad_id=pad_id)
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(keep))
+        atomic_write_text(saved, json.dumps(keep))
         return keep
 
     @cached_property
@@ -114,7 +114,7 @@ class VariantFactory:
         )
         ids, states, pad_id = self.teacher_data
         _, stats = distill(self.model_dir, ids, states, settings, out, pad_id=pad_id)
-        (out / "training.json").write_text(json.dumps(stats))
+        atomic_write_text(out / "training.json", json.dumps(stats))  # written last: marks it complete
         self.stats["distilled"] = self.stats["distilled-int8"] = stats
         return out
 

@@ -7,7 +7,6 @@ promotes is exactly what a deployment will serve.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -17,18 +16,19 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from infergraph.corpus import load_corpus
 from infergraph.optimize import data, evaluate
-from infergraph.optimize.config import ModelPlan, OptimizeConfig, project_path
+from infergraph.optimize.config import ModelPlan, OptimizeConfig
 from infergraph.optimize.factory import VariantFactory
 from infergraph.optimize.gate import VariantResult, choose, eligible
 from infergraph.optimize.speed import head_to_head, resident_mb, speed_profile
-from infergraph.runtimes.catalog import ModelSpec, cache_root, fingerprint, load_catalog, resolve_model_dir
+from infergraph.paths import project_path
+from infergraph.runtimes.catalog import EncoderSpec, cache_root, fingerprint, load_catalog, resolve_model_dir
 from infergraph.runtimes.loader import load_artifact_encoder, load_text_encoder
 from infergraph.runtimes.text_encoder import TextEncoder
 
 log = logging.getLogger(__name__)
 
-TORCH = {"engine": "torch"}
 RECIPES = 2  # bump when a variant's recipe changes: cached artifacts of older recipes are not reused
 
 
@@ -47,7 +47,7 @@ class Settings:
 class Evaluator:
     """The quality metrics of one model, each a function of an encoder; data loaded once."""
 
-    def __init__(self, spec: ModelSpec, metrics: Sequence[str]) -> None:
+    def __init__(self, spec: EncoderSpec, metrics: Sequence[str]) -> None:
         self.spec, self.metrics = spec, list(metrics)
         self.passage_prefix = "passage: " if "passage: " in spec.known_prefixes else ""
         self.lee = data.lee_pairs()
@@ -101,11 +101,6 @@ def _bitext_langs() -> Sequence[str]:
     return data.BITEXT_LANGS
 
 
-def speed_corpus(n: int) -> list[str]:
-    path = project_path("loadtest/corpus_en.jsonl")
-    return [json.loads(line)["text"] for line in path.open()][:n]
-
-
 def measure(
     label: str,
     encoder: TextEncoder,
@@ -136,11 +131,11 @@ def run_model(
 ) -> tuple[list[VariantResult], dict[str, Any]]:
     """Build and measure every variant of `plan.name`; returns results and the evaluation report."""
     threads = config.speed.threads
-    spec = load_catalog(project_path(config.catalog)).get(plan.name)
+    spec = load_catalog(project_path(config.catalog)).encoder(plan.name)
     model_dir = resolve_model_dir(spec)
     work = cache_root() / "optimize" / f"{spec.name}-{fingerprint(model_dir)}-r{RECIPES}"
     evaluator = Evaluator(spec, settings.metrics)
-    speed_texts = speed_corpus(settings.speed_sentences)
+    speed_texts = load_corpus(settings.speed_sentences)
     corpus_cache: list[list[str]] = []
 
     def corpus() -> list[str]:
@@ -247,9 +242,9 @@ def head_to_head_with_base(
 ) -> dict[str, float]:
     """The promoted variant against the PyTorch FP32 base in alternating passes at the largest batch."""
     assert best.artifact is not None
-    spec = load_catalog(project_path(config.catalog)).get(best.model)
+    spec = load_catalog(project_path(config.catalog)).encoder(best.model)
     threads, batch = config.speed.threads, max(config.speed.batches)
-    texts = speed_corpus(settings.speed_sentences)
+    texts = load_corpus(settings.speed_sentences)
     texts = texts[: max(len(texts) // 2, batch)]  # half the sentences, several rounds: under a minute
     base = load_text_encoder(spec, engine="torch", threads=threads)
     variant, _ = load_artifact_encoder(spec, best.artifact, threads=threads)

@@ -16,14 +16,16 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from infergraph.optimize.gate import VariantResult
+from infergraph.paths import sqlite_file
 
 log = logging.getLogger(__name__)
 
 
 def connect(tracking_uri: str, artifact_root: Path) -> MlflowClient:
     artifact_root.mkdir(parents=True, exist_ok=True)
-    if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite_file(tracking_uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)

@@ -15,10 +15,10 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from infergraph.files import atomic_dir, atomic_file
 from infergraph.runtimes.artifact import MANIFEST, Manifest, tokenizer_sources, write_artifact
 
 log = logging.getLogger(__name__)
@@ -41,16 +41,13 @@ def graph_optimized(onnx_path: Path, out_dir: Path) -> Path:
     from optimum.onnxruntime import ORTOptimizer
     from optimum.onnxruntime.configuration import OptimizationConfig
 
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     optimizer = ORTOptimizer.from_pretrained(onnx_path.parent, file_names=[onnx_path.name])
     config = OptimizationConfig(optimization_level=2, optimize_for_gpu=False, enable_gelu_approximation=False)
-    optimizer.optimize(save_dir=tmp, optimization_config=config)
-    produced = next(tmp.glob("*.onnx"))
-    if produced.name != OPTIMIZED_FILE:
-        produced.rename(tmp / OPTIMIZED_FILE)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    tmp.rename(out_dir)
+    with atomic_dir(out_dir, replace=True) as tmp:
+        optimizer.optimize(save_dir=tmp, optimization_config=config)
+        produced = next(tmp.glob("*.onnx"))
+        if produced.name != OPTIMIZED_FILE:
+            produced.rename(tmp / OPTIMIZED_FILE)
     return target
 
 
@@ -67,17 +64,15 @@ def dynamic_int8(onnx_path: Path, out_dir: Path, per_channel: bool = True) -> Pa
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
     log.info("dynamic INT8 of %s -> %s", onnx_path, out_dir)
-    quantize_dynamic(
-        str(onnx_path),
-        str(tmp),
-        per_channel=per_channel,
-        weight_type=QuantType.QInt8,
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
-    tmp.rename(target)
+    with atomic_file(target) as tmp:
+        quantize_dynamic(
+            str(onnx_path),
+            str(tmp),
+            per_channel=per_channel,
+            weight_type=QuantType.QInt8,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
     return target
 
 
@@ -89,11 +84,9 @@ def float16(onnx_path: Path, out_dir: Path) -> Path:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    out_dir.mkdir(parents=True, exist_ok=True)
     half = convert_float_to_float16(onnx.load(str(onnx_path)), keep_io_types=True)
-    tmp = target.with_suffix(".tmp")
-    onnx.save(half, str(tmp))
-    tmp.rename(target)
+    with atomic_file(target) as tmp:
+        onnx.save(half, str(tmp))
     return target
 
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
+
+from infergraph.files import atomic_dir
 
 MANIFEST = "manifest.json"
 # What a text-encoder artifact carries besides its weights, so it loads without the base folder.
@@ -59,13 +60,12 @@ def sha256_file(path: Path) -> str:
 def write_artifact(out_dir: Path, manifest: Manifest, sources: Mapping[str, Path]) -> Path:
     """Copy `sources` (relative name -> file) into `out_dir` with a manifest of their checksums.
 
-    Written beside the target and renamed, so a half-written artifact never looks finished.
+    Written beside the target and renamed (replacing an older `out_dir`), so a half-written artifact
+    never looks finished.
     """
     if MANIFEST in sources:
         raise ArtifactError(f"{MANIFEST} is the artifact's own file; a source may not be named so")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir, replace=True) as tmp:
         files = {}
         for rel, src in sorted(sources.items()):
             dst = tmp / rel
@@ -74,10 +74,6 @@ def write_artifact(out_dir: Path, manifest: Manifest, sources: Mapping[str, Path
             files[rel] = sha256_file(dst)
         done = manifest.model_copy(update={"files": files})
         (tmp / MANIFEST).write_text(done.model_dump_json(indent=2))
-        shutil.rmtree(out_dir, ignore_errors=True)
-        tmp.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 

@@ -43,8 +43,8 @@ class HubSource(BaseModel):
 Source = Annotated[PackageSource | PathSource | HubSource, Field(discriminator="type")]
 
 
-class ModelSpec(BaseModel):
-    """One served model. `prefix` is prepended unless the text starts with a known prefix (e5)."""
+class EncoderSpec(BaseModel):
+    """A text encoder. `prefix` is prepended unless the text starts with a known prefix (e5)."""
 
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -56,15 +56,63 @@ class ModelSpec(BaseModel):
     description: str = ""
 
 
+class HybridScorer(BaseModel):
+    """Re-rank with a served bi-encoder (through its deployment) fused with BM25 over the request's
+    documents: score = (1 - w) * dense + w * lexical, each min-max scaled within the request.
+    `lexical_weight` is measured on data (`python -m infergraph.optimize.rerank`), not guessed."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["hybrid"]
+    encoder: str = Field(description="a text-encoder of the catalog; it is served alongside")
+    lexical_weight: float = Field(0.5, ge=0, le=1)
+    query_prefix: str = ""  # e5: "query: "
+    document_prefix: str = ""  # e5: "passage: "
+
+
+class CrossEncoderScorer(BaseModel):
+    """Re-rank with a Hugging Face sequence-classification model over (query, document) pairs."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["cross-encoder"]
+    source: Source
+    engine: Literal["onnx", "torch"] = "onnx"
+    precision: Literal["fp32", "int8"] = "fp32"  # int8: ONNX Runtime dynamic quantisation (ONNX only)
+
+
+Scorer = Annotated[HybridScorer | CrossEncoderScorer, Field(discriminator="type")]
+
+
+class RerankerSpec(BaseModel):
+    """A re-ranker: scores documents against a query (`POST /v1/rerank`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    kind: Literal["reranker"]
+    scorer: Scorer
+    max_length: int = Field(512, description="tokens of query + document; documents are cut to fit")
+    max_query_tokens: int = Field(256, description="a longer query is refused (400)")
+    max_documents: int = Field(1000, ge=1)
+    description: str = ""
+
+
+ModelEntry = Annotated[EncoderSpec | RerankerSpec, Field(discriminator="kind")]
+
+
 class Catalog(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    models: list[ModelSpec]
+    models: list[ModelEntry]
 
-    def get(self, name: str) -> ModelSpec:
+    def get(self, name: str) -> EncoderSpec | RerankerSpec:
         for spec in self.models:
             if spec.name == name:
                 return spec
         raise KeyError(f"model {name!r} is not in the catalog")
+
+    def encoder(self, name: str) -> EncoderSpec:
+        spec = self.get(name)
+        if not isinstance(spec, EncoderSpec):
+            raise KeyError(f"model {name!r} is a {spec.kind}, not a text-encoder")
+        return spec
 
 
 def load_catalog(path: str | Path) -> Catalog:
@@ -91,10 +139,14 @@ PACKAGE_RESOLVERS: dict[str, Callable[[Path], Path]] = {
 }
 
 
-def resolve_model_dir(spec: ModelSpec, cache: Path | None = None) -> Path:
+def resolve_model_dir(spec: EncoderSpec, cache: Path | None = None) -> Path:
     """A local folder with a transformers model + tokenizer for `spec`, converting if needed."""
+    return resolve_source(spec.source, cache)
+
+
+def resolve_source(src: PackageSource | PathSource | HubSource, cache: Path | None = None) -> Path:
+    """A local folder with a transformers model + tokenizer, converting if needed."""
     cache = cache or cache_root()
-    src = spec.source
     if isinstance(src, PackageSource):
         if src.package not in PACKAGE_RESOLVERS:
             raise ValueError(f"no resolver for package {src.package!r}; known: {sorted(PACKAGE_RESOLVERS)}")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from infergraph.runtimes.artifact import Manifest, verify_artifact
-from infergraph.runtimes.catalog import ModelSpec, cache_root, fingerprint, resolve_model_dir
+from infergraph.runtimes.catalog import EncoderSpec, cache_root, fingerprint, resolve_model_dir
 from infergraph.runtimes.engines.base import EncoderEngine
 from infergraph.runtimes.text_encoder import BatchLimits, TextEncoder
 from infergraph.runtimes.tokenizer import load_tokenizer
@@ -52,7 +52,7 @@ def build_engine(
 
 
 def load_text_encoder(
-    spec: ModelSpec,
+    spec: EncoderSpec,
     engine: EngineKind = "onnx",
     threads: int | None = None,
     device: str = "cpu",
@@ -72,7 +72,7 @@ def load_text_encoder(
 
 
 def _text_encoder(
-    spec: ModelSpec,
+    spec: EncoderSpec,
     tokenizer: Tokenizer,
     engine: EncoderEngine,
     pad_id: int,
@@ -112,7 +112,7 @@ def build_artifact_engine(
 
 
 def load_artifact_encoder(
-    spec: ModelSpec,
+    spec: EncoderSpec,
     artifact_dir: Path,
     threads: int | None = None,
     device: str = "cpu",

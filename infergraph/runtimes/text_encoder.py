@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -48,6 +48,17 @@ class BatchLimits:
     max_sequences: int = 16
     max_padded_tokens: int = 512
     max_padding_ratio: float = 1.15  # padded tokens / real tokens in one pass (1.0: equal lengths only)
+
+
+def _cut(row: list[int], special: list[int], limit: int, direction: str) -> list[int]:
+    """`row` cut to `limit` tokens from its end ("right") or start ("left"), keeping the special
+    tokens that open and close it ([CLS] ... [SEP], <s> ... </s>)."""
+    lead = next((i for i, s in enumerate(special) if not s), len(row))
+    trail = next((i for i, s in enumerate(reversed(special)) if not s), 0)
+    body = row[lead : len(row) - trail]
+    keep = max(0, limit - lead - trail)
+    kept = body[:keep] if direction == "right" else body[len(body) - keep :]
+    return row[:lead] + kept + row[len(row) - trail :]
 
 
 def plan_batches(lengths: Sequence[int], limits: BatchLimits) -> list[list[int]]:
@@ -124,6 +135,24 @@ class TextEncoder:
             if len(row) > self.max_length:
                 raise InputTooLongError(i, len(row), self.max_length)
         return ids
+
+    def tokenize_truncating(
+        self, texts: Sequence[str], direction: Literal["right", "left"] = "right"
+    ) -> tuple[list[list[int]], int]:
+        """Token ids cut to max_length where needed (the end, or the start for "left"), keeping the
+        special tokens at both ends; returns the ids and how many inputs were cut."""
+        keep_chars = slice(None, self.max_chars) if direction == "right" else slice(-self.max_chars, None)
+        prepared = [self._with_prefix(t if len(t) <= self.max_chars else t[keep_chars]) for t in texts]
+        encodings = self.tokenizer.encode_batch(prepared, add_special_tokens=True)
+        ids, cut = [], 0
+        for text, enc in zip(texts, encodings, strict=True):
+            row = enc.ids
+            if len(row) > self.max_length or len(text) > self.max_chars:
+                cut += 1
+            if len(row) > self.max_length:
+                row = _cut(row, enc.special_tokens_mask, self.max_length, direction)
+            ids.append(row)
+        return ids, cut
 
     def encode_ids(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
         """Embed already tokenized inputs, in their original order."""

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from infergraph.bench.service import DEFAULT_CONFIG, RunningService, start_service
+from infergraph.testing.service import DEFAULT_CONFIG, RunningService, start_service
 
 # The shared service reads an empty registry, so tests do not depend on what `python -m infergraph.optimize`
 # promoted in this checkout's own mlflow/ store.

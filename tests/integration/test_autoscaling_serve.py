@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from infergraph.bench.loadgen import DEV_KEY
-from infergraph.bench.service import start_service
+from infergraph.testing import DEV_KEY
+from infergraph.testing.service import start_service
 
 pytestmark = pytest.mark.integration
 
@@ -53,7 +53,7 @@ class Timeline:
             time.monotonic() - self.started,
             q["replicas"],
             sum(q["queued"].values()),
-            q["in_flight_sentences"],
+            q["in_flight_units"],
         )
         self.rows.append(row)
         return row[1]

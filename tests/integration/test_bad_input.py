@@ -6,7 +6,7 @@ import httpx
 import openai
 import pytest
 
-from infergraph.bench.loadgen import DEV_KEY
+from infergraph.testing import DEV_KEY
 
 AUTH = {"Authorization": f"Bearer {DEV_KEY}"}
 post = partial(httpx.post, headers=AUTH)  # every call as the development tenant

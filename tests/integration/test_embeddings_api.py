@@ -7,7 +7,7 @@ import numpy as np
 import openai
 import pytest
 
-from infergraph.bench.loadgen import DEV_KEY
+from infergraph.testing import DEV_KEY
 
 AUTH = {"Authorization": f"Bearer {DEV_KEY}"}
 

@@ -15,9 +15,9 @@ import openai
 import pytest
 import yaml
 
-from infergraph.bench.loadgen import DEV_KEY
-from infergraph.bench.service import DEFAULT_CONFIG, start_service
 from infergraph.deployments.tenants import hash_key
+from infergraph.testing import DEV_KEY
+from infergraph.testing.service import DEFAULT_CONFIG, start_service
 
 MINILM = "all-MiniLM-L6-v2"
 PREMIUM_DEADLINE_MS = 8000  # generous: CI shares 2 cores with Ray itself
@@ -199,7 +199,7 @@ def test_metrics_and_usage_need_the_admin_key_and_report_per_tenant(qos_service)
     text = metrics_text(qos_service)
     labels = f'model="{MINILM}",outcome="ok",tenant="premium",tier="premium"'
     assert f"infergraph_requests_total{{{labels}}}" in text
-    assert "infergraph_queue_wait_seconds_bucket" in text and "infergraph_batch_sentences_bucket" in text
+    assert "infergraph_queue_wait_seconds_bucket" in text and "infergraph_batch_units_bucket" in text
     assert 'infergraph_tenant_cost_per_1k_requests{tenant="premium"}' in text
     usage = httpx.get(f"{qos_service}/admin/usage", headers=auth("sk-qos-admin")).json()
     premium = usage["tenants"]["premium"]

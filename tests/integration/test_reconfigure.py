@@ -11,7 +11,7 @@ import httpx
 import pytest
 import yaml
 
-from infergraph.bench.loadgen import DEV_KEY
+from infergraph.testing import DEV_KEY
 
 AUTH = {"Authorization": f"Bearer {DEV_KEY}"}
 post = partial(httpx.post, headers=AUTH)  # every call as the development tenant

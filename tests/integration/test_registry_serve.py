@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 import yaml
 
-from infergraph.bench.loadgen import DEV_KEY
-from infergraph.bench.service import DEFAULT_CONFIG, RunningService, start_service
+from infergraph.testing import DEV_KEY
+from infergraph.testing.service import DEFAULT_CONFIG, RunningService, start_service
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,8 @@ import asyncio
 import pytest
 
 from infergraph.deployments.admission import ModelQueue
-from infergraph.deployments.tenants import Rejection, Tier, TierPolicy
+from infergraph.deployments.tenants import Rejection, TierPolicy
+from infergraph.protocol.common import Tier
 
 TIERS = {t: TierPolicy(deadline_ms=10_000, queue_limit=4) for t in Tier}
 
@@ -21,9 +22,9 @@ class FakeModel:
         self.release = asyncio.Event()
 
     async def send(self, group):
-        self.calls.append([t.texts[0] for t in group])
+        self.calls.append([t.work[0] for t in group])
         await self.release.wait()
-        return [f"vec:{t.texts[0]}" for t in group]
+        return [f"vec:{t.work[0]}" for t in group]
 
 
 def queue(model: FakeModel, **kw) -> ModelQueue:
@@ -31,6 +32,11 @@ def queue(model: FakeModel, **kw) -> ModelQueue:
     kw.setdefault("express_calls_per_replica", 0)
     kw.setdefault("max_group_requests", 1)
     return ModelQueue(model.send, TIERS, **kw)
+
+
+def submit(q: ModelQueue, texts: list[str], tier: Tier, deadline: float):
+    """A request of `texts`, weighing one unit per text (as the encoders meter them)."""
+    return q.submit(texts, len(texts), tier, deadline)
 
 
 async def settle() -> None:
@@ -48,11 +54,11 @@ def test_premium_overtakes_queued_batch_work():
     async def scenario():
         model = FakeModel()
         q = queue(model)
-        first = asyncio.create_task(q.submit(["busy"], Tier.batch, far()))
+        first = asyncio.create_task(submit(q, ["busy"], Tier.batch, far()))
         await settle()  # "busy" holds the only call slot
-        batch = [asyncio.create_task(q.submit([f"b{i}"], Tier.batch, far())) for i in range(3)]
+        batch = [asyncio.create_task(submit(q, [f"b{i}"], Tier.batch, far())) for i in range(3)]
         await settle()
-        premium = asyncio.create_task(q.submit(["p"], Tier.premium, far()))
+        premium = asyncio.create_task(submit(q, ["p"], Tier.premium, far()))
         await settle()
         model.release.set()
         results = await asyncio.gather(first, premium, *batch)
@@ -68,10 +74,10 @@ def test_starvation_guard_lets_a_lower_tier_through():
         model = FakeModel()
         q = queue(model, starvation_guard=2)
         q.tiers = {t: TierPolicy(deadline_ms=10_000, queue_limit=100) for t in Tier}
-        tasks = [asyncio.create_task(q.submit(["busy"], Tier.premium, far()))]
+        tasks = [asyncio.create_task(submit(q, ["busy"], Tier.premium, far()))]
         await settle()
-        tasks.append(asyncio.create_task(q.submit(["batch"], Tier.batch, far())))
-        tasks += [asyncio.create_task(q.submit([f"p{i}"], Tier.premium, far())) for i in range(6)]
+        tasks.append(asyncio.create_task(submit(q, ["batch"], Tier.batch, far())))
+        tasks += [asyncio.create_task(submit(q, [f"p{i}"], Tier.premium, far())) for i in range(6)]
         await settle()
         model.release.set()
         await asyncio.gather(*tasks)
@@ -86,11 +92,11 @@ def test_full_queue_answers_429_with_retry_after():
         model = FakeModel()
         q = queue(model)
         # one goes out, four wait: the batch queue is full
-        tasks = [asyncio.create_task(q.submit([f"r{i}"], Tier.batch, far())) for i in range(5)]
+        tasks = [asyncio.create_task(submit(q, [f"r{i}"], Tier.batch, far())) for i in range(5)]
         await settle()
         with pytest.raises(Rejection) as info:
-            await q.submit(["one too many"], Tier.batch, far())
-        premium = asyncio.create_task(q.submit(["p"], Tier.premium, far()))  # other tiers still get in
+            await submit(q, ["one too many"], Tier.batch, far())
+        premium = asyncio.create_task(submit(q, ["p"], Tier.premium, far()))  # other tiers still get in
         model.release.set()
         await asyncio.gather(premium, *tasks)
         return info.value
@@ -103,16 +109,16 @@ def test_full_queue_answers_429_with_retry_after():
 def test_unreachable_deadline_is_refused_before_any_compute():
     async def scenario():
         model = FakeModel()
-        q = queue(model, prior_s_per_sentence=0.5)
-        busy = asyncio.create_task(q.submit(["x"], Tier.batch, far()))
+        q = queue(model, prior_s_per_unit=0.5)
+        busy = asyncio.create_task(submit(q, ["x"], Tier.batch, far()))
         await settle()
-        ahead = asyncio.create_task(q.submit(["y"] * 10, Tier.premium, far()))  # ~5 s of premium work queued
+        ahead = asyncio.create_task(submit(q, ["y"] * 10, Tier.premium, far()))  # ~5 s of premium work queued
         await settle()
         import time
 
         with pytest.raises(Rejection) as info:
-            await q.submit(["urgent"], Tier.premium, time.time() + 1.0)
-        relaxed = asyncio.create_task(q.submit(["relaxed"], Tier.premium, time.time() + 30))
+            await submit(q, ["urgent"], Tier.premium, time.time() + 1.0)
+        relaxed = asyncio.create_task(submit(q, ["relaxed"], Tier.premium, time.time() + 30))
         model.release.set()
         await asyncio.gather(busy, ahead, relaxed)
         return info.value, model.calls
@@ -127,10 +133,10 @@ def test_deadline_passing_in_the_queue_fails_it_at_dispatch():
         import time
 
         model = FakeModel()
-        q = queue(model, prior_s_per_sentence=0.0001)
-        busy = asyncio.create_task(q.submit(["busy"], Tier.batch, far()))
+        q = queue(model, prior_s_per_unit=0.0001)
+        busy = asyncio.create_task(submit(q, ["busy"], Tier.batch, far()))
         await settle()
-        late = asyncio.create_task(q.submit(["late"], Tier.standard, time.time() + 0.05))
+        late = asyncio.create_task(submit(q, ["late"], Tier.standard, time.time() + 0.05))
         await asyncio.sleep(0.1)
         model.release.set()
         await busy
@@ -149,9 +155,9 @@ def test_client_that_goes_away_leaves_the_queue():
         q = queue(model)
         cancelled = []
         q.on_cancelled = cancelled.append
-        busy = asyncio.create_task(q.submit(["busy"], Tier.batch, far()))
+        busy = asyncio.create_task(submit(q, ["busy"], Tier.batch, far()))
         await settle()
-        gone = asyncio.create_task(q.submit(["gone"], Tier.batch, far()))
+        gone = asyncio.create_task(submit(q, ["gone"], Tier.batch, far()))
         await settle()
         assert q.depth() == 1
         gone.cancel()
@@ -170,9 +176,9 @@ def test_queued_requests_leave_in_one_grouped_call():
     async def scenario():
         model = FakeModel()
         q = ModelQueue(model.send, TIERS, max_calls_per_replica=1, max_group_requests=8)
-        busy = asyncio.create_task(q.submit(["busy"], Tier.standard, far()))
+        busy = asyncio.create_task(submit(q, ["busy"], Tier.standard, far()))
         await settle()
-        waiting = [asyncio.create_task(q.submit([f"s{i}"], Tier.standard, far())) for i in range(4)]
+        waiting = [asyncio.create_task(submit(q, [f"s{i}"], Tier.standard, far())) for i in range(4)]
         await settle()
         model.release.set()
         results = await asyncio.gather(busy, *waiting)
@@ -187,10 +193,10 @@ def test_premium_has_an_express_lane_past_a_full_deployment():
     async def scenario():
         model = FakeModel()
         q = queue(model, express_calls_per_replica=1)
-        busy = asyncio.create_task(q.submit(["bulk"], Tier.batch, far()))
+        busy = asyncio.create_task(submit(q, ["bulk"], Tier.batch, far()))
         await settle()
-        more_bulk = asyncio.create_task(q.submit(["more bulk"], Tier.batch, far()))
-        premium = asyncio.create_task(q.submit(["p"], Tier.premium, far()))
+        more_bulk = asyncio.create_task(submit(q, ["more bulk"], Tier.batch, far()))
+        premium = asyncio.create_task(submit(q, ["p"], Tier.premium, far()))
         await settle()
         sent_while_full = list(model.calls)
         model.release.set()

@@ -80,7 +80,7 @@ def test_deep_router_queue_asks_for_more_replicas():
     got = decide(router(queued_A=40, in_flight_A=128), context(A, ongoing=4))
     assert got[A] == 2  # (40 + 128) / 128
     # Counted in sentences when the router reports them: 640 queued is 6 replicas, capped at 4.
-    got = decide(router(queued_A=40, queued_sentences_A=640, in_flight_A=128), context(A, ongoing=4))
+    got = decide(router(queued_A=40, queued_units_A=640, in_flight_A=128), context(A, ongoing=4))
     assert got[A] == 4
 
 
@@ -119,7 +119,7 @@ def test_in_flight_work_is_not_counted_twice():
 
 
 def test_router_itself_keeps_serves_default_rule():
-    policy = QueueDepthPolicy(target_sentences_per_replica=64)
+    policy = QueueDepthPolicy(target_units_per_replica=64)
     busy_router = context("Router", ongoing=6, target_ongoing_requests=2, metrics={f"in_flight:{A}": 128})
     got = decide(busy_router, context(A, ongoing=2), policy=policy)
     assert got["Router"] == 3  # 6 ongoing / 2 per replica, as Serve's default policy would
@@ -129,7 +129,7 @@ def test_router_itself_keeps_serves_default_rule():
 def test_serve_loads_the_policy_with_kwargs_and_applies_delays():
     spec = AutoscalingPolicy(
         policy_function="infergraph.deployments.autoscaling:QueueDepthPolicy",
-        policy_kwargs={"target_sentences_per_replica": 64},
+        policy_kwargs={"target_units_per_replica": 64},
     )
     wrapped = _apply_app_level_autoscaling_config(_resolve_policy_callable(spec))
     for delay, expected in ((0, 3), (30, 1)):  # (64 + 128) / 64 now, or nothing until the delay passes
@@ -137,7 +137,7 @@ def test_serve_loads_the_policy_with_kwargs_and_applies_delays():
         decisions, _ = wrapped({c.deployment_id: c for c in contexts})
         assert decisions[DeploymentID(name=A, app_name=APP)] == expected
     with pytest.raises(ValueError):
-        QueueDepthPolicy(target_sentences_per_replica=0)
+        QueueDepthPolicy(target_units_per_replica=0)
 
 
 def test_integration_config_is_a_valid_serve_config():

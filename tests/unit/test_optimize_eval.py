@@ -38,7 +38,7 @@ def test_dynamic_int8_is_a_quarter_of_the_size_and_keeps_quality(minilm_onnx, ca
     from infergraph.runtimes.catalog import cache_root, fingerprint, resolve_model_dir
     from infergraph.runtimes.engines.onnx_engine import OnnxEngine, export_onnx
 
-    model_dir = resolve_model_dir(catalog.get("all-MiniLM-L6-v2"))
+    model_dir = resolve_model_dir(catalog.encoder("all-MiniLM-L6-v2"))
     onnx_path = export_onnx(model_dir, cache_root() / "onnx" / f"all-MiniLM-L6-v2-{fingerprint(model_dir)}")
     int8_path = dynamic_int8(onnx_path, tmp_path / "int8")
     assert int8_path.stat().st_size < onnx_path.stat().st_size / 3

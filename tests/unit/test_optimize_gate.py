@@ -4,8 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from infergraph.optimize.config import Gate, load_config, project_path, sqlite_uri
+from infergraph.optimize.config import Gate, load_config
 from infergraph.optimize.gate import VariantResult, choose, eligible
+from infergraph.paths import PROJECT_ROOT, absolute_tracking_uri, project_path
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,8 +50,9 @@ def test_shipped_config_is_valid_and_its_store_is_the_projects():
     for plan in config.models:
         assert set(plan.gate_metrics) <= set(plan.metrics)
     assert config.quick is not None and set(config.quick.models) <= set(names)
-    assert sqlite_uri("sqlite:///mlflow/mlflow.db") == f"sqlite:///{project_path('mlflow/mlflow.db')}"
-    assert sqlite_uri("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+    store = absolute_tracking_uri(config.tracking_uri, PROJECT_ROOT)  # what the optimize CLI opens
+    assert store == f"sqlite:///{project_path('mlflow/mlflow.db')}"
+    assert absolute_tracking_uri("sqlite:////tmp/x.db", PROJECT_ROOT) == "sqlite:////tmp/x.db"
 
 
 def test_a_misspelt_variant_is_refused():

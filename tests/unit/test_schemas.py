@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from infergraph.deployments.errors import describe_validation_error
-from infergraph.deployments.schemas import MAX_INPUTS_PER_REQUEST, EmbeddingRequest
+from infergraph.protocol.embeddings import MAX_INPUTS_PER_REQUEST, EmbeddingRequest
 
 
 def test_string_and_list_inputs():

@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from infergraph.deployments.variants import VariantError, absolute_tracking_uri, resolve_variant
+from infergraph.deployments.variants import VariantError, resolve_variant
+from infergraph.paths import absolute_tracking_uri
+from infergraph.protocol.common import Job
+from infergraph.protocol.embeddings import EmbedWork
 from infergraph.runtimes.artifact import Manifest, verify_artifact, write_artifact
 
 MINILM = "all-MiniLM-L6-v2"
@@ -171,24 +174,22 @@ def test_base_and_local_artifact_folders(tmp_path, minilm_artifact):
 
 
 def test_relative_paths_mean_the_checkout_even_from_rays_packaged_copy(tmp_path, monkeypatch):
-    import infergraph.deployments.variants as variants
+    import infergraph.paths as paths
 
     monkeypatch.delenv("INFERGRAPH_ROOT", raising=False)
-    assert variants.launch_root() == ROOT  # run from the checkout itself
+    assert paths.launch_root() == ROOT  # run from the checkout itself
     copy = tmp_path / "session/runtime_resources/working_dir_files/_ray_pkg_0123"
     shutil.copytree(ROOT / "infergraph", copy / "infergraph")
     shutil.copyfile(ROOT / "pyproject.toml", copy / "pyproject.toml")
-    monkeypatch.setattr(variants, "PROJECT_ROOT", copy)
+    monkeypatch.setattr(paths, "PROJECT_ROOT", copy)
     # A replica under Ray's uv hook: uv and its shell run in the copy, the raylet where `serve run` ran.
-    monkeypatch.setattr(variants, "_launch_dirs", lambda: iter([copy, copy, ROOT, Path("/")]))
-    assert variants.launch_root() == ROOT
-    assert (
-        variants.absolute_tracking_uri("sqlite:///mlflow/mlflow.db") == f"sqlite:///{ROOT}/mlflow/mlflow.db"
-    )
-    monkeypatch.setattr(variants, "_launch_dirs", lambda: iter([copy, tmp_path]))  # started elsewhere
-    assert variants.launch_root() == copy  # the store then reads as missing, with this path in the reason
+    monkeypatch.setattr(paths, "_launch_dirs", lambda: iter([copy, copy, ROOT, Path("/")]))
+    assert paths.launch_root() == ROOT
+    assert absolute_tracking_uri("sqlite:///mlflow/mlflow.db") == f"sqlite:///{ROOT}/mlflow/mlflow.db"
+    monkeypatch.setattr(paths, "_launch_dirs", lambda: iter([copy, tmp_path]))  # started elsewhere
+    assert paths.launch_root() == copy  # the store then reads as missing, with this path in the reason
     monkeypatch.setenv("INFERGRAPH_ROOT", str(tmp_path / "elsewhere"))
-    assert variants.launch_root() == tmp_path / "elsewhere"
+    assert paths.launch_root() == tmp_path / "elsewhere"
 
 
 def test_relative_sqlite_store_is_the_projects():
@@ -241,10 +242,10 @@ def test_deployment_switches_variant_live_without_dropping_requests(
         switch = asyncio.create_task(dep.reconfigure({"max_batch_sentences": 8, "variant": "base"}))
         during = []
         while not switch.done():  # the old encoder keeps answering while the new one loads
-            during.append(await dep.embed(texts))
+            during.append(await dep.embed(job(texts)))
         await switch
         assert dep.encoder is not registry_encoder
-        return during, await dep.embed(texts)
+        return during, await dep.embed(job(texts))
 
     during, after = asyncio.run(scenario())
     assert len(during) >= 3 and all(r.error is None and r.embeddings.shape == (2, 384) for r in during)
@@ -252,6 +253,10 @@ def test_deployment_switches_variant_live_without_dropping_requests(
     card = dep.info()
     assert card["variant"] == "base" and card["variant_source"] == "base" and card["variant_uri"] is None
     assert card["stats"]["variant_switches"] == 1 and card["variant_error"] is None
+
+
+def job(texts: list[str]) -> Job[EmbedWork]:
+    return Job(EmbedWork(texts))
 
 
 def test_deployment_keeps_serving_when_a_new_variant_fails(
@@ -271,7 +276,7 @@ def test_deployment_keeps_serving_when_a_new_variant_fails(
 
     async def reconfigure(variant):
         await dep.reconfigure({"variant": variant})
-        return dep.info(), await dep.embed(["still answered"])
+        return dep.info(), await dep.embed(job(["still answered"]))
 
     async def scenario():
         for variant, reason in [
@@ -304,13 +309,13 @@ def test_deployment_follows_a_moved_alias_while_serving(store, cache, minilm_art
     assert dep.info()["variant_uri"] == f"models:/{MINILM}/{first}"
 
     async def scenario():
-        answers = [await dep.embed(["before the move"])]  # the first request starts the check
+        answers = [await dep.embed(job(["before the move"]))]  # the first request starts the check
         client = MlflowClient(tracking_uri=tracking(store), registry_uri=tracking(store))
         client.set_registered_model_alias(MINILM, "production", second)
         for _ in range(600):
             if dep.resolved.version == second:
                 break
-            answers.append(await dep.embed(["while the alias moves"]))
+            answers.append(await dep.embed(job(["while the alias moves"])))
             await asyncio.sleep(0.05)
         await asyncio.sleep(1)  # more checks: an unmoved alias loads nothing again
         return answers

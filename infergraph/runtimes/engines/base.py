@@ -7,9 +7,12 @@ An engine turns a padded batch of token ids into sentence embeddings. Everything
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 
 class EncoderEngine(Protocol):
@@ -30,3 +33,10 @@ def mean_pool_normalize(hidden: np.ndarray, attention_mask: np.ndarray) -> np.nd
     pooled = summed / np.clip(mask.sum(axis=1), 1e-9, None)
     norms = np.linalg.norm(pooled, axis=1, keepdims=True)
     return (pooled / np.clip(norms, 1e-12, None)).astype(np.float32)
+
+
+def mean_pool_torch(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """`mean_pool_normalize`'s mean for tensors, not normalised (differentiable, on the device):
+    the PyTorch engine and distillation. Needs no torch import here, so this module stays light."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
+from infergraph.files import atomic_dir
 from infergraph.runtimes.engines.base import mean_pool_normalize
 
 log = logging.getLogger(__name__)
@@ -20,17 +19,16 @@ ONNX_FILE = "model.onnx"
 def export_onnx(model_dir: Path, out_dir: Path, opset: int = 18) -> Path:
     """Export `model_dir` (a transformers encoder) to `out_dir/model.onnx` once; reuse it after.
 
-    Written to a temporary folder and renamed, so an interrupted export never looks finished.
+    Written to a temporary folder and renamed, so an interrupted export never looks finished; a
+    concurrent exporter that finished first keeps its copy.
     """
     target = out_dir / ONNX_FILE
     if target.exists():
         return target
     from optimum.exporters.onnx import main_export  # heavy import, only when exporting
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
     log.info("exporting %s to ONNX (one time) -> %s", model_dir, out_dir)
-    try:
+    with atomic_dir(out_dir) as tmp:
         main_export(
             model_name_or_path=str(model_dir),
             output=tmp,
@@ -40,12 +38,6 @@ def export_onnx(model_dir: Path, out_dir: Path, opset: int = 18) -> Path:
             do_validation=False,
             device="cpu",
         )
-        tmp.rename(out_dir)
-    except OSError:
-        if not target.exists():  # a concurrent exporter did not win the race either
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

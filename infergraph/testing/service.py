@@ -1,6 +1,6 @@
 """Start and stop the real service the way a user does: `serve run <config>` in its own process group.
 
-Used by the benchmark (which times start-up) and by the integration tests.
+Used by the integration tests and by the benchmarks (which time start-up).
 """
 
 from __future__ import annotations
@@ -21,11 +21,17 @@ import httpx
 import yaml
 from dotenv import dotenv_values
 
-from infergraph.bench.loadgen import DEV_KEY
+from infergraph.paths import PROJECT_ROOT
+from infergraph.testing import DEV_KEY
 
-ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG = ROOT / "configs" / "serve.yaml"
-DEFAULT_ENV_FILE = ROOT / "configs" / "serve.env"  # what `uv run --env-file configs/serve.env` sets
+DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "serve.yaml"
+DEFAULT_ENV_FILE = PROJECT_ROOT / "configs" / "serve.env"  # what `uv run --env-file configs/serve.env` sets
+AUTH = {"Authorization": f"Bearer {DEV_KEY}"}
+# What a model of each kind is asked to prove it serves; any other kind is ready once it is listed.
+PROBES = {
+    "text-encoder": ("/v1/embeddings", {"input": "ready?"}),
+    "reranker": ("/v1/rerank", {"query": "ready?", "documents": ["ready"]}),
+}
 
 
 def serve_env(env_file: Path | None, workdir: Path) -> dict[str, str]:
@@ -82,7 +88,8 @@ class RunningService:
         self.proc.wait(timeout=30)
 
     def wait_ready(self, timeout_s: float) -> float:
-        """Block until every model answers an embedding request; returns seconds since launch."""
+        """Block until `GET /v1/models` lists every configured model and each answers a request of its
+        kind (`PROBES`); returns seconds since launch."""
         started = time.monotonic()
         pending = list(self.models)
         while pending:
@@ -90,17 +97,30 @@ class RunningService:
                 raise RuntimeError(f"serve run exited with {self.proc.returncode}:\n{self.log_tail()}")
             if time.monotonic() - started > timeout_s:
                 raise TimeoutError(f"service not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
-            with contextlib.suppress(httpx.HTTPError):
-                body = {"model": pending[0], "input": "ready?"}
-                auth = {"Authorization": f"Bearer {DEV_KEY}"}
-                r = httpx.post(f"{self.base_url}/v1/embeddings", json=body, headers=auth, timeout=10)
-                if r.status_code == 200:
-                    pending.pop(0)
-                    continue
-                if r.status_code == 500:  # the app is up but broken: waiting will not help
-                    raise RuntimeError(f"service answers 500: {r.text}\n{self.log_tail()}")
+            with contextlib.suppress(httpx.HTTPError, ValueError, KeyError, TypeError):  # not up yet
+                kinds = self._listed_kinds()
+                pending = [m for m in pending if m not in kinds or not self._answers(m, kinds[m])]
+                if not pending:
+                    break
             time.sleep(0.5)
         return time.monotonic() - started
+
+    def _listed_kinds(self) -> dict[str, str]:
+        """Each listed model's kind; empty while the router does not answer yet."""
+        r = httpx.get(f"{self.base_url}/v1/models", headers=AUTH, timeout=10)
+        if r.status_code != 200:
+            return {}
+        return {card["id"]: card.get("kind", "") for card in r.json()["data"]}
+
+    def _answers(self, name: str, kind: str) -> bool:
+        """One request of the model's kind succeeds; a 500 means broken, and waiting will not help."""
+        if kind not in PROBES:
+            return True
+        route, body = PROBES[kind]
+        r = httpx.post(f"{self.base_url}{route}", json={"model": name, **body}, headers=AUTH, timeout=10)
+        if r.status_code == 500:
+            raise RuntimeError(f"service answers 500: {r.text}\n{self.log_tail()}")
+        return r.status_code == 200
 
     def dashboard_url(self) -> str:
         """Where `serve deploy` reaches this cluster (printed by `ray.init` at start-up)."""
@@ -131,7 +151,7 @@ def start_service(
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [str(serve_cli), "run", str(cfg_path)],
-            cwd=ROOT,
+            cwd=PROJECT_ROOT,
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -1,0 +1,46 @@
+"""The model kinds infergraph serves: one registration each.
+
+A kind is a protocol module (infergraph/protocol/: wire types and payload encoder), a runtime
+(infergraph/runtimes/: no Ray), a Serve deployment with an `Endpoint` for its routes, and the entry
+below that ties them to the catalog's `kind:`. The router, the gateway, admission, tenants and
+metrics know kinds only through this table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray.serve import Application
+
+from infergraph.deployments.context import BuildContext
+from infergraph.deployments.encoder import EmbeddingsEndpoint, bind_encoder
+from infergraph.deployments.gateway import Endpoint
+from infergraph.deployments.reranker import RerankEndpoint, bind_reranker, rerank_encoders
+from infergraph.runtimes.catalog import EncoderSpec, RerankerSpec
+
+Spec = EncoderSpec | RerankerSpec
+Bind = Callable[[Spec, BuildContext, dict[str, Application]], Application]
+
+
+@dataclass(frozen=True)
+class Kind:
+    name: str  # the catalog's `kind:`
+    endpoints: tuple[Endpoint[Any, Any], ...]  # the routes it answers
+    bind: Bind  # the Serve deployment for one catalog entry; gets the models bound before it
+    calls: Callable[[Spec], list[str]] = field(default=lambda spec: [])  # models it calls through handles
+
+
+KINDS: dict[str, Kind] = {
+    kind.name: kind
+    for kind in (
+        Kind("text-encoder", (EmbeddingsEndpoint(),), bind_encoder),
+        Kind("reranker", (RerankEndpoint(),), bind_reranker, calls=rerank_encoders),
+    )
+}
+
+
+def endpoints_by_path() -> dict[str, Endpoint[Any, Any]]:
+    """Every POST route of every kind."""
+    return {path: ep for kind in KINDS.values() for ep in kind.endpoints for path in ep.paths}

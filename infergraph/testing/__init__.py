@@ -1,0 +1,6 @@
+"""Helpers for tests and benchmarks that drive the real service (`testing/service.py`).
+
+`DEV_KEY` lives here, not in `service.py`, so callers that only need the key import nothing.
+"""
+
+DEV_KEY = "sk-ig-dev"  # the development tenant of configs/tenants.yaml
