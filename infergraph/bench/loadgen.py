@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -43,17 +44,22 @@ async def closed_loop(
     duration_s: float,
     warmup_s: float,
     api_key: str = DEV_KEY,
+    make_body: Callable[[int], bytes] | None = None,
 ) -> LoadResult:
-    """Run the load; only requests that finish inside the measured window count."""
+    """Run the load; only requests that finish inside the measured window count.
+
+    `make_body(k)` builds request k (default: `batch` corpus sentences for /v1/embeddings)."""
     counter = 0
     measuring = False
     stop = False
     result = LoadResult(batch, concurrency, duration_s)
 
-    def body(k: int) -> bytes:
+    def embeddings_body(k: int) -> bytes:
         start = k * batch
         texts = [corpus[(start + j) % len(corpus)] for j in range(batch)]
         return orjson.dumps({"model": model, "input": texts})
+
+    body = make_body or embeddings_body
 
     async def worker(session: aiohttp.ClientSession) -> None:
         nonlocal counter

@@ -16,6 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import yaml
@@ -28,7 +29,7 @@ DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "serve.yaml"
 DEFAULT_ENV_FILE = PROJECT_ROOT / "configs" / "serve.env"  # what `uv run --env-file configs/serve.env` sets
 AUTH = {"Authorization": f"Bearer {DEV_KEY}"}
 # What a model of each kind is asked to prove it serves; any other kind is ready once it is listed.
-PROBES = {
+PROBES: dict[str, tuple[str, dict[str, Any]]] = {
     "text-encoder": ("/v1/embeddings", {"input": "ready?"}),
     "reranker": ("/v1/rerank", {"query": "ready?", "documents": ["ready"]}),
 }
