@@ -28,7 +28,7 @@ def quick_run(tmp_path_factory):
     """The reduced pipeline into a fresh store; returns its tracking URI and results folder."""
     tmp = tmp_path_factory.mktemp("optimize")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    cmd = [sys.executable, "-m", "optimize", "--quick", "--tracking-uri", uri,
+    cmd = [sys.executable, "-m", "infergraph.optimize", "--quick", "--tracking-uri", uri,
            "--artifact-root", str(tmp / "artifacts"), "--results-dir", str(tmp / "results")]  # fmt: skip
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -109,7 +109,7 @@ def test_gpu_figures_land_in_mlflow_labelled_with_their_device(quick_run):
 
     uri, results, _ = quick_run
     gpu = ROOT / "results" / "optimize" / "gpu-h100.json"
-    cmd = [sys.executable, "-m", "optimize", "--gpu-results", str(gpu), "--tracking-uri", uri,
+    cmd = [sys.executable, "-m", "infergraph.optimize", "--gpu-results", str(gpu), "--tracking-uri", uri,
            "--artifact-root", str(results.parent / "artifacts")]  # fmt: skip
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
