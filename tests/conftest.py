@@ -95,3 +95,13 @@ def _register_artifact(store: Path, artifact_dir: Path, name: str, alias: str | 
 def register_artifact():
     """`register_artifact(store_dir, artifact_dir, name, alias="production") -> version`."""
     return _register_artifact
+
+
+@pytest.fixture(scope="session")
+def untrained_cross_encoder(tmp_path_factory) -> Path:
+    """The MiniLM backbone with a fresh single-logit head (UNTRAINED: real cost, meaningless scores),
+    built once per session. Pass `cache=<folder>.parent / "cache"` to `load_cross_encoder` to keep its
+    ONNX exports out of the user's cache (the folder is new each session, so is its fingerprint)."""
+    from infergraph.runtimes.cross_encoder import build_untrained_cross_encoder
+
+    return build_untrained_cross_encoder(tmp_path_factory.mktemp("cross-encoder") / "untrained-minilm")

@@ -34,8 +34,11 @@ _TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+")
 def tokenize(text: str) -> list[str]:
     """Lowercase, accent-free word stems: `apt-get` -> apt, get; `/etc/apt/sources.list` -> etc, apt,
     sourc, list; `Paketverwaltung` -> paket."""
-    folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
-    folded = "".join(c for c in folded if not unicodedata.combining(c))
+    if text.isascii():  # the common case: nothing to normalise (NFKC, NFKD are identities here)
+        folded = text.lower()
+    else:
+        folded = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text).casefold())
+        folded = "".join(c for c in folded if not unicodedata.combining(c))
     return [t[:PREFIX_CHARS] for t in _TOKEN.findall(folded)]
 
 

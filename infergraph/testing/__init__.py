@@ -4,3 +4,4 @@
 """
 
 DEV_KEY = "sk-ig-dev"  # the development tenant of configs/tenants.yaml
+UNTRAINED_CROSS_ENCODER = "cross-encoder-untrained"  # test-only re-ranker: real cost, meaningless scores
