@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,8 +25,9 @@ from typing import Protocol
 import numpy as np
 from tokenizers import Tokenizer
 
+from infergraph.files import atomic_dir
 from infergraph.runtimes.catalog import CrossEncoderScorer, cache_root, fingerprint, resolve_source
-from infergraph.runtimes.text_encoder import BatchLimits, plan_batches
+from infergraph.runtimes.text_encoder import BatchLimits, plan_batches, run_passes
 from infergraph.runtimes.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -166,14 +166,7 @@ class CrossEncoder:
                 mask[r, : lengths[i]] = 1
             out[batch] = relevance(self.engine.logits(input_ids, mask, types))
 
-        passes = plan_batches(lengths, self.limits)
-        if self._pool is None or len(passes) <= 1:
-            for batch in passes:
-                forward(batch)
-        else:  # longest passes first, so the lanes finish together
-            passes.sort(key=lambda b: -len(b) * max(lengths[i] for i in b))
-            for done in self._pool.map(forward, passes):
-                del done  # re-raises an engine error here
+        run_passes(plan_batches(lengths, self.limits), lengths, forward, self._pool)
         bounds = np.cumsum([0] + [len(r) for r in requests])
         return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
@@ -272,18 +265,10 @@ def build_untrained_cross_encoder(out_dir: Path, seed: int = 0) -> Path:
     note = UNTRAINED_NOTE.format(seed=seed)
     model.config.id2label, model.config.label2id = {0: "UNTRAINED"}, {"UNTRAINED": 0}
     model.config.infergraph_note = note
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         model.save_pretrained(str(tmp))
         for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
             if (backbone / name).exists():
                 shutil.copy2(backbone / name, tmp / name)
         (tmp / "README.md").write_text(f"# UNTRAINED\n\n{note}\n")
-        tmp.rename(out_dir)
-    except OSError:
-        if not (out_dir / "config.json").exists():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 ONNX_FILE = "model.onnx"
 
 
-def export_onnx(model_dir: Path, out_dir: Path, opset: int = 18) -> Path:
+def export_onnx(model_dir: Path, out_dir: Path, opset: int = 18, task: str = "feature-extraction") -> Path:
     """Export `model_dir` (a transformers encoder) to `out_dir/model.onnx` once; reuse it after.
 
     Written to a temporary folder and renamed, so an interrupted export never looks finished; a
@@ -32,13 +32,26 @@ def export_onnx(model_dir: Path, out_dir: Path, opset: int = 18) -> Path:
         main_export(
             model_name_or_path=str(model_dir),
             output=tmp,
-            task="feature-extraction",
+            task=task,
             library_name="transformers",
             opset=opset,
             do_validation=False,
             device="cpu",
         )
     return target
+
+
+def cpu_session(onnx_path: Path, threads: int | None = None, spin: bool = False) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session with every graph optimisation, one inter-op thread and
+    `threads` intra-op threads; no spinning unless asked (spinning worker threads burn the CPU that
+    Serve's proxy and router need on a small box)."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.inter_op_num_threads = 1
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
 
 
 class OnnxEngine:
@@ -50,14 +63,7 @@ class OnnxEngine:
     concurrent_calls = True
 
     def __init__(self, onnx_path: Path, threads: int | None = None, spin: bool = False) -> None:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.inter_op_num_threads = 1
-        if threads:
-            opts.intra_op_num_threads = threads
-        # Spinning worker threads burn the CPU that Serve's proxy and router need on a small box.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(onnx_path, threads, spin)
         self.input_names = {i.name for i in self.session.get_inputs()}
         out = self.session.get_outputs()[0]
         self.dim = int(out.shape[-1])

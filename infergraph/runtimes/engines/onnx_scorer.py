@@ -2,54 +2,28 @@
 
 The graph comes from optimum's exporter (task "text-classification"), once per model folder into
 the cache; `precision="int8"` adds ONNX Runtime dynamic INT8 (per-channel int8 weights, activations
-quantised per call), also once. Both are written under a temporary name and renamed, so an
-interrupted run never leaves a file that looks finished.
+quantised per call), also once; both atomically (infergraph/files.py).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
+
+from infergraph.files import atomic_file
+from infergraph.runtimes.engines.onnx_engine import cpu_session, export_onnx
 
 log = logging.getLogger(__name__)
 
-ONNX_FILE = "model.onnx"
 INT8_FILE = "model_int8.onnx"
 
 
 def export_classifier(model_dir: Path, out_dir: Path, opset: int = 18) -> Path:
     """`out_dir/model.onnx` for the sequence-classification model in `model_dir`; exported once."""
-    target = out_dir / ONNX_FILE
-    if target.exists():
-        return target
-    from optimum.exporters.onnx import main_export  # heavy import, only when exporting
-
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-    log.info("exporting cross-encoder %s to ONNX (one time) -> %s", model_dir, out_dir)
-    try:
-        main_export(
-            model_name_or_path=str(model_dir),
-            output=tmp,
-            task="text-classification",
-            library_name="transformers",
-            opset=opset,
-            do_validation=False,
-            device="cpu",
-        )
-        tmp.rename(out_dir)
-    except OSError:
-        if not target.exists():  # a concurrent exporter did not win the race either
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    log.info("cross-encoder %s -> ONNX", model_dir)
+    return export_onnx(model_dir, out_dir, opset, task="text-classification")
 
 
 def quantize_int8(onnx_path: Path) -> Path:
@@ -64,11 +38,8 @@ def quantize_int8(onnx_path: Path) -> Path:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    fd, tmp_name = tempfile.mkstemp(prefix=INT8_FILE + ".", suffix=".tmp", dir=onnx_path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
     log.info("dynamic INT8 of %s (one time)", onnx_path)
-    try:
+    with atomic_file(target) as tmp:
         quantize_dynamic(
             str(onnx_path),
             str(tmp),
@@ -76,9 +47,6 @@ def quantize_int8(onnx_path: Path) -> Path:
             weight_type=QuantType.QInt8,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
-        tmp.replace(target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
 
 
@@ -89,14 +57,7 @@ class OnnxScorer:
     concurrent_calls = True
 
     def __init__(self, onnx_path: Path, threads: int | None = None, spin: bool = False) -> None:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.inter_op_num_threads = 1
-        if threads:
-            opts.intra_op_num_threads = threads
-        # Spinning worker threads burn the CPU that Serve's proxy and router need on a small box.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        self.session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(onnx_path, threads, spin)
         self.input_names = {i.name for i in self.session.get_inputs()}
         self.labels = int(self.session.get_outputs()[0].shape[-1])
         self.name = f"onnxruntime-{Path(onnx_path).stem}"
