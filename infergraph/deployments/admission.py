@@ -57,6 +57,7 @@ class Ticket:
     tenant: str = ""
     dispatched: float | None = None
     answered: float | None = None
+    held: bool = False  # a slot for a stream: granted alone, released by the holder (`release`)
 
     @property
     def queued_s(self) -> float:
@@ -161,18 +162,8 @@ class ModelQueue:
         Raises `Rejection` (full queue, unreachable or passed deadline). If the caller is
         cancelled (client went away) while the request waits, it leaves the queue.
         """
-        now = self.clock()
+        ticket = self._admit(work, units, tier, deadline, tenant)
         queue = self.queues[tier]
-        if len(queue) >= self.tiers[tier].queue_limit:
-            raise Rejection(
-                429, "queue_full", f"the {tier} queue for this model is full", self.estimated_wait_s(tier)
-            )
-        wait = self.estimated_wait_s(tier, extra_units=units)
-        if now + wait > deadline:
-            budget_ms = (deadline - now) * 1000
-            message = f"the backlog (~{wait * 1000:.0f} ms) exceeds the deadline ({budget_ms:.0f} ms)"
-            raise Rejection(503, "deadline_exceeded", message, wait)
-        ticket = Ticket(work, units, tier, deadline, now, asyncio.get_running_loop().create_future(), tenant)
         queue.append(ticket)
         self.pump()
         try:
@@ -182,6 +173,49 @@ class ModelQueue:
                 queue.remove(ticket)
                 self.on_cancelled(ticket)
             raise
+
+    async def hold(self, units: int, tier: Tier, deadline: float, tenant: str = "") -> Ticket:
+        """Wait for room for a streamed request (an LLM generation) and return its granted ticket.
+
+        Same admission as `submit` (full queue 429, unreachable deadline 503, tier order), but the
+        caller runs the stream itself and must `release` the ticket when it ends: its units count as
+        in flight until then. A caller cancelled while waiting leaves the queue.
+        """
+        ticket = self._admit(None, units, tier, deadline, tenant)
+        ticket.held = True
+        self.queues[tier].append(ticket)
+        self.pump()
+        try:
+            await ticket.future
+        except asyncio.CancelledError:
+            if ticket in self.queues[tier]:
+                self.queues[tier].remove(ticket)
+                self.on_cancelled(ticket)
+            elif ticket.dispatched is not None:
+                self.release(ticket)
+            raise
+        return ticket
+
+    def _admit(self, work: Any, units: int, tier: Tier, deadline: float, tenant: str) -> Ticket:
+        """A ticket for a new request, or a `Rejection` (full tier queue, unreachable deadline)."""
+        now = self.clock()
+        if len(self.queues[tier]) >= self.tiers[tier].queue_limit:
+            raise Rejection(
+                429, "queue_full", f"the {tier} queue for this model is full", self.estimated_wait_s(tier)
+            )
+        wait = self.estimated_wait_s(tier, extra_units=units)
+        if now + wait > deadline:
+            budget_ms = (deadline - now) * 1000
+            message = f"the backlog (~{wait * 1000:.0f} ms) exceeds the deadline ({budget_ms:.0f} ms)"
+            raise Rejection(503, "deadline_exceeded", message, wait)
+        return Ticket(work, units, tier, deadline, now, asyncio.get_running_loop().create_future(), tenant)
+
+    def release(self, ticket: Ticket) -> None:
+        """A held stream ended (answered, failed or abandoned): its units leave the in-flight count."""
+        if ticket.answered is None:
+            ticket.answered = self.clock()
+            self.in_flight_units -= ticket.units
+            self.pump()
 
     # --- what the router reads and tells ----------------------------------------------------------
     def set_replicas(self, running: int) -> None:
@@ -213,7 +247,11 @@ class ModelQueue:
         while (tier := self._dispatchable_tier()) is not None:
             room = max(self.max_in_flight - self.in_flight_units, 1)
             group = self._take_group(tier, room)
-            if group:
+            if group and group[0].held:  # a stream's slot: granted, not sent
+                if not group[0].future.done():  # else its caller is gone
+                    self.in_flight_units += group[0].units
+                    group[0].future.set_result(None)
+            elif group:
                 self.in_flight_units += sum(t.units for t in group)
                 self.in_flight_calls += 1
                 asyncio.get_running_loop().create_task(self._call(group))
@@ -221,13 +259,17 @@ class ModelQueue:
     def _dispatchable_tier(self) -> Tier | None:
         """The tier of the next call, or None while the deployment is full.
 
-        Premium has an express lane of `express_calls_per_replica` extra calls: it never waits in
-        the router behind bulk work already in flight (the replica's batcher puts it first)."""
+        Premium has an express lane of `express_calls_per_replica` extra calls (for held stream
+        slots: as many extra units): it never waits in the router behind bulk work already in flight
+        (the replica's batcher or scheduler puts it first)."""
         if not self.depth():
             return None
         if self.has_room():
             return self._next_tier()
-        if self.queues[Tier.premium] and self.in_flight_calls < self.max_calls + self.express_calls:
+        premium = self.queues[Tier.premium]
+        if premium and premium[0].held:
+            return Tier.premium if self.in_flight_units < self.max_in_flight + self.express_calls else None
+        if premium and self.in_flight_calls < self.max_calls + self.express_calls:
             return Tier.premium
         return None
 
@@ -240,8 +282,8 @@ class ModelQueue:
         limit = min(room, self.max_group_units)
         while queue and len(group) < self.max_group_requests:
             head = queue[0]
-            if group and units + head.units > limit:
-                break
+            if group and (head.held or units + head.units > limit):
+                break  # a held slot is granted alone
             queue.popleft()
             now = self.clock()
             if head.deadline < now + head.units * self.rate.seconds_per_unit:
@@ -253,6 +295,8 @@ class ModelQueue:
             self.on_dispatch(head)
             group.append(head)
             units += head.units
+            if head.held:
+                break
         return group
 
     def _next_tier(self) -> Tier:

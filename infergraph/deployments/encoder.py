@@ -36,7 +36,7 @@ from infergraph.deployments.variants import BASE, ResolvedVariant, alias_version
 from infergraph.protocol.common import Job
 from infergraph.protocol.embeddings import EmbeddingRequest, EmbedResult, EmbedWork, embeddings_payload
 from infergraph.runtimes.batching import DeadlineExceededError, PriorityBatcher
-from infergraph.runtimes.catalog import EncoderSpec, RerankerSpec
+from infergraph.runtimes.catalog import EncoderSpec, ModelSpec
 from infergraph.runtimes.text_encoder import BatchLimits, InputTooLongError, TextEncoder
 
 log = logging.getLogger("ray.serve")
@@ -350,9 +350,7 @@ class EmbeddingsEndpoint(Endpoint[EmbeddingRequest, EmbedResult]):
         return embeddings_payload(req, result)
 
 
-def bind_encoder(
-    spec: EncoderSpec | RerankerSpec, ctx: BuildContext, bound: dict[str, Application]
-) -> Application:
+def bind_encoder(spec: ModelSpec, ctx: BuildContext, bound: dict[str, Application]) -> Application:
     """The text-encoder deployment for one catalog entry, named after the model."""
     deployment = TextEncoderDeployment.options(name=spec.name)  # type: ignore[attr-defined]
     return deployment.bind(

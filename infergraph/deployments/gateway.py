@@ -10,17 +10,18 @@ over its limits cannot make the router read and parse megabytes.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from infergraph.deployments.admission import ModelQueue
+from infergraph.deployments.admission import ModelQueue, Ticket
 from infergraph.deployments.errors import ApiError, describe_validation_error
 from infergraph.deployments.metrics import RouterMetrics
 from infergraph.deployments.tenants import Rejection, TenantRegistry, TenantState
-from infergraph.protocol.common import Outcome
+from infergraph.protocol.common import Job, Outcome
+from infergraph.protocol.llm import Completion, LLMEvent
 
 Req = TypeVar("Req", bound=BaseModel)
 Res = TypeVar("Res", bound=Outcome)
@@ -36,6 +37,7 @@ class ServedModel:
     queue: ModelQueue
     describe: Callable[[], Awaitable[dict[str, Any]]]  # the deployment's info(), asked each time
     card: dict[str, Any] = field(default_factory=dict)  # the last info() answer
+    open_stream: Callable[[Job[Any]], AsyncGenerator[Any, None]] | None = None  # streaming kinds (LLM)
 
     async def info(self) -> dict[str, Any]:
         self.card = await self.describe()
@@ -52,6 +54,7 @@ class Endpoint(Generic[Req, Res]):
     """One route of one kind. Subclasses set the class attributes and may override the hooks."""
 
     paths: ClassVar[tuple[str, ...]]  # e.g. ("/v1/embeddings",)
+    streams: ClassVar[bool] = False  # True: answered from a stream of events (`completion`)
     kinds: ClassVar[tuple[str, ...]]  # catalog kinds that serve it
     request_type: ClassVar[type[BaseModel]]
 
@@ -65,10 +68,22 @@ class Endpoint(Generic[Req, Res]):
     def payload(self, req: Req, result: Res, path: str) -> bytes:
         raise NotImplementedError
 
+    def completion(self, req: Req) -> Completion:
+        """Streaming kinds: the response being assembled from the replica's events."""
+        raise NotImplementedError
+
 
 @dataclass
 class Answer:
     body: bytes
+    headers: dict[str, str]
+
+
+@dataclass
+class StreamAnswer:
+    """Server-sent events; the gateway's accounting runs when the stream ends or the client leaves."""
+
+    chunks: AsyncIterator[bytes]
     headers: dict[str, str]
 
 
@@ -117,7 +132,7 @@ class Gateway:
         authorization: str | None,
         read_body: Callable[[], Awaitable[Any]],
         deadline_ms: float | None = None,
-    ) -> Answer:
+    ) -> Answer | StreamAnswer:
         started = self.clock()
         tenant = self.authenticate(authorization)
         self.admit(tenant, started)
@@ -135,6 +150,8 @@ class Gateway:
         await endpoint.check(req, model)
         deadline = started + self.tenants.deadline_s(tier, deadline_ms)
         work = endpoint.work(req)
+        if endpoint.streams:
+            return await self._generate(endpoint, req, model, tenant, work, deadline, started)
         try:
             result, ticket = await model.queue.submit(work, work.units, tier, deadline, name)
             if result.deadline_exceeded:
@@ -166,6 +183,94 @@ class Gateway:
         }
         return Answer(endpoint.payload(req, result, path), headers)
 
+    # --- streamed kinds (LLM) ---------------------------------------------------------------------
+    async def _generate(
+        self,
+        endpoint: Endpoint[Any, Any],
+        req: Any,
+        model: ServedModel,
+        tenant: TenantState,
+        work: Any,
+        deadline: float,
+        started: float,
+    ) -> Answer | StreamAnswer:
+        """Wait for a slot in the model's queue (tiers, 429/503), open the replica's event stream and
+        read its first event: a refusal (over-long prompt, deadline) is still an error status then.
+        The slot is held, and usage counted, until the stream ends or the client goes away."""
+        name, tier = tenant.config.name, tenant.config.tier
+        try:
+            ticket = await model.queue.hold(work.units, tier, deadline, name)
+        except Rejection as rejection:
+            self.metrics.rejected(model.name, tier.value, name, rejection.code)
+            raise rejection_error(rejection) from None
+        assert model.open_stream is not None, f"{model.name} has no stream"
+        events = model.open_stream(Job(work, tier, deadline))
+        headers = {"x-infergraph-tier": tier.value, "x-infergraph-queue-ms": f"{ticket.queued_s * 1000:.2f}"}
+        try:
+            first: LLMEvent = await anext(events)
+            if first.deadline_exceeded:
+                late = Rejection(503, "deadline_exceeded", first.error or "deadline passed", 1)
+                self.metrics.rejected(model.name, tier.value, name, late.code)
+                raise rejection_error(late)
+            if first.error:
+                self.metrics.client_error(model.name, tier.value, name)
+                raise ApiError(400, first.error, first.error_param, first.error_code)
+            completion = endpoint.completion(req)
+            timing = _StreamTiming(started, self.clock())
+            completion.add(first)
+            if req.stream:  # from here the SSE generator owns the slot and the replica's stream
+                return StreamAnswer(
+                    self._sse(model, tenant, ticket, events, completion, first, timing), headers
+                )
+            async for event in events:
+                completion.add(event)
+                timing.tick(self.clock())
+        except BaseException:
+            model.queue.release(ticket)
+            await events.aclose()
+            raise
+        model.queue.release(ticket)
+        await events.aclose()
+        self._account_stream(model.name, tenant, completion, timing)
+        return Answer(completion.body(), headers)
+
+    async def _sse(
+        self,
+        model: ServedModel,
+        tenant: TenantState,
+        ticket: Ticket,
+        events: AsyncGenerator[LLMEvent, None],
+        completion: Completion,
+        first: LLMEvent,
+        timing: _StreamTiming,
+    ) -> AsyncIterator[bytes]:
+        try:
+            for opening in completion.first_chunks():
+                yield opening
+            if (head := completion.chunk(first)) is not None:
+                yield head
+            async for event in events:
+                completion.add(event)
+                timing.tick(self.clock())
+                if (chunk := completion.chunk(event)) is not None:
+                    yield chunk
+            for closing in completion.last_chunks():
+                yield closing
+        finally:  # ended, failed, or the client went away (the replica then aborts its sequences)
+            model.queue.release(ticket)
+            await events.aclose()
+            self._account_stream(model.name, tenant, completion, timing)
+
+    def _account_stream(
+        self, model: str, tenant: TenantState, completion: Completion, timing: _StreamTiming
+    ) -> None:
+        usage = completion.usage()
+        finished = self.clock()
+        tenant.record_tokens(usage["total_tokens"], finished)
+        name, tier = tenant.config.name, tenant.config.tier.value
+        self.metrics.answered(model, tier, name, finished - timing.started, usage["total_tokens"], 0.0, 0)
+        self.metrics.observe_generation(model, tier, timing.first_s, timing.gaps, usage["completion_tokens"])
+
     # --- reports ---------------------------------------------------------------------------------
     def autoscaling_stats(self) -> dict[str, float]:
         """The router's queue per model, for deployments/autoscaling.py."""
@@ -192,3 +297,24 @@ class Gateway:
 def rejection_error(rejection: Rejection) -> ApiError:
     headers = {"Retry-After": rejection.retry_after}
     return ApiError(rejection.status, rejection.message, code=rejection.code, headers=headers)
+
+
+@dataclass
+class _StreamTiming:
+    """Time to first token and the gaps between later events, for the LLM metrics."""
+
+    started: float
+    first: float
+    last: float = 0.0
+    gaps: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.last = self.first
+
+    @property
+    def first_s(self) -> float:
+        return self.first - self.started
+
+    def tick(self, now: float) -> None:
+        self.gaps.append(now - self.last)
+        self.last = now

@@ -17,11 +17,11 @@ from ray.serve import Application
 from infergraph.deployments.context import BuildContext
 from infergraph.deployments.encoder import EmbeddingsEndpoint, bind_encoder
 from infergraph.deployments.gateway import Endpoint
+from infergraph.deployments.llm import ChatCompletionsEndpoint, CompletionsEndpoint, bind_llm
 from infergraph.deployments.reranker import RerankEndpoint, bind_reranker, rerank_encoders
-from infergraph.runtimes.catalog import EncoderSpec, RerankerSpec
+from infergraph.runtimes.catalog import ModelSpec
 
-Spec = EncoderSpec | RerankerSpec
-Bind = Callable[[Spec, BuildContext, dict[str, Application]], Application]
+Bind = Callable[[ModelSpec, BuildContext, dict[str, Application]], Application]
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,9 @@ class Kind:
     name: str  # the catalog's `kind:`
     endpoints: tuple[Endpoint[Any, Any], ...]  # the routes it answers
     bind: Bind  # the Serve deployment for one catalog entry; gets the models bound before it
-    calls: Callable[[Spec], list[str]] = field(default=lambda spec: [])  # models it calls through handles
+    calls: Callable[[ModelSpec], list[str]] = field(
+        default=lambda spec: []
+    )  # models it calls through handles
 
 
 KINDS: dict[str, Kind] = {
@@ -37,8 +39,14 @@ KINDS: dict[str, Kind] = {
     for kind in (
         Kind("text-encoder", (EmbeddingsEndpoint(),), bind_encoder),
         Kind("reranker", (RerankEndpoint(),), bind_reranker, calls=rerank_encoders),
+        Kind("llm", (ChatCompletionsEndpoint(), CompletionsEndpoint()), bind_llm),
     )
 }
+
+
+def kind_streams(kind: str) -> bool:
+    """Whether the kind answers from a stream of events (the router then opens streaming calls)."""
+    return kind in KINDS and any(ep.streams for ep in KINDS[kind].endpoints)
 
 
 def endpoints_by_path() -> dict[str, Endpoint[Any, Any]]:

@@ -75,6 +75,27 @@ class RouterMetrics:
             ["tenant"],
             registry=r,
         )
+        self.ttft = Histogram(
+            "infergraph_llm_time_to_first_token_seconds",
+            "From arrival at the router to the first generated text",
+            ["model", "tier"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inter_token = Histogram(
+            "infergraph_llm_inter_token_seconds",
+            "Gap between streamed events of one response",
+            model,
+            buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2),
+            registry=r,
+        )
+        self.output_tokens = Counter("infergraph_llm_output_tokens", "Generated tokens", model, registry=r)
+        self.engine = Gauge(
+            "infergraph_llm_engine",
+            "LLM engine state (running, waiting, kv_blocks_used...)",
+            ["model", "what"],
+            registry=r,
+        )
         self.usage: dict[str, TenantUsage] = defaultdict(TenantUsage)
 
     def rejected(self, model: str, tier: str, tenant: str, reason: str) -> None:
@@ -119,6 +140,14 @@ class RouterMetrics:
             self.queue_depth.labels(model, tier).set(depth)
         self.in_flight.labels(model).set(stats["in_flight_units"])
         self.replicas.labels(model).set(stats["replicas"])
+
+    def observe_generation(
+        self, model: str, tier: str, first_s: float, gaps: list[float], output_tokens: int
+    ) -> None:
+        self.ttft.labels(model, tier).observe(first_s)
+        for gap in gaps:
+            self.inter_token.labels(model).observe(gap)
+        self.output_tokens.labels(model).inc(output_tokens)
 
     def cost(self, compute_s: float) -> float:
         return compute_s / 3600 * self.price_per_replica_hour

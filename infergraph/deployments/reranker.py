@@ -33,7 +33,7 @@ from infergraph.protocol.common import Job
 from infergraph.protocol.embeddings import EmbedResult, EmbedWork
 from infergraph.protocol.rerank import RerankRequest, RerankResult, RerankWork, rerank_payload
 from infergraph.runtimes.batching import DeadlineExceededError, PriorityBatcher
-from infergraph.runtimes.catalog import CrossEncoderScorer, EncoderSpec, HybridScorer, RerankerSpec
+from infergraph.runtimes.catalog import CrossEncoderScorer, HybridScorer, ModelSpec, RerankerSpec
 from infergraph.runtimes.reranking import hybrid_scores
 
 log = logging.getLogger("ray.serve")
@@ -197,15 +197,13 @@ class RerankEndpoint(Endpoint[RerankRequest, RerankResult]):
         return rerank_payload(req, result, api_version="2" if path.startswith("/v2/") else "1")
 
 
-def rerank_encoders(spec: EncoderSpec | RerankerSpec) -> list[str]:
+def rerank_encoders(spec: ModelSpec) -> list[str]:
     """The models a re-ranker calls (served alongside it)."""
     scorer = getattr(spec, "scorer", None)
     return [scorer.encoder] if isinstance(scorer, HybridScorer) else []
 
 
-def bind_reranker(
-    spec: EncoderSpec | RerankerSpec, ctx: BuildContext, bound: dict[str, Application]
-) -> Application:
+def bind_reranker(spec: ModelSpec, ctx: BuildContext, bound: dict[str, Application]) -> Application:
     assert isinstance(spec, RerankerSpec)
     encoder = [bound[name] for name in rerank_encoders(spec)]
     deployment = RerankerDeployment.options(name=spec.name)  # type: ignore[attr-defined]

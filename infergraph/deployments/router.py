@@ -8,18 +8,19 @@ deadlines, 429/503 with Retry-After) and accounting. Answers and errors are Open
 
 import asyncio
 import time
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from ray import serve
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 
 from infergraph.deployments.admission import AdmissionConfig, ModelQueue, Ticket
 from infergraph.deployments.errors import ApiError, install_error_handlers
-from infergraph.deployments.gateway import Gateway, ServedModel
-from infergraph.deployments.kinds import endpoints_by_path
+from infergraph.deployments.gateway import Gateway, ServedModel, StreamAnswer
+from infergraph.deployments.kinds import endpoints_by_path, kind_streams
 from infergraph.deployments.metrics import RouterMetrics
 from infergraph.deployments.replicas import follow_replica_counts
 from infergraph.deployments.tenants import TenantRegistry, TenantsConfig
@@ -102,6 +103,22 @@ def model_queue(handle: DeploymentHandle, tiers: Any, admission: AdmissionConfig
     )
 
 
+def stream_opener(handle: DeploymentHandle) -> Callable[[Job[Any]], AsyncGenerator[Any, None]]:
+    """A streaming call to the deployment's `generate`; closing the generator cancels the call, so
+    the replica frees the request's sequences (the client went away)."""
+    streaming = handle.options(stream=True)
+
+    async def open_stream(job: Job[Any]) -> AsyncGenerator[Any, None]:
+        response: DeploymentResponseGenerator = streaming.generate.remote(job)  # type: ignore[assignment]
+        try:
+            async for event in response:
+                yield event
+        finally:
+            response.cancel()
+
+    return open_stream
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=512)
 @serve.ingress(app)
 class Router:
@@ -120,7 +137,8 @@ class Router:
         for name, handle in models.items():
             queue = model_queue(handle, registry.config.tiers, self.admission)
             metrics.watch_queue(name, queue)
-            served[name] = ServedModel(name, kinds[name], queue, handle.info.remote)
+            opener = stream_opener(handle) if kind_streams(kinds[name]) else None
+            served[name] = ServedModel(name, kinds[name], queue, handle.info.remote, open_stream=opener)
         self.gateway = Gateway(registry, metrics, served)
         self.max_body_bytes = max_body_bytes
         self.started = int(time.time())
@@ -162,6 +180,8 @@ class Router:
             lambda: read_json_body(request, self.max_body_bytes),
             requested_deadline_ms(request),
         )
+        if isinstance(answer, StreamAnswer):
+            return StreamingResponse(answer.chunks, media_type="text/event-stream", headers=answer.headers)
         return Response(answer.body, media_type="application/json", headers=answer.headers)
 
     @app.get("/v1/models")

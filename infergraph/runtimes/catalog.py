@@ -7,7 +7,6 @@ Hugging Face hub id (for users with internet; fails clearly when the hub is unre
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
@@ -15,32 +14,8 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-
-def cache_root() -> Path:
-    """Where converted and exported artifacts live (`INFERGRAPH_CACHE`, else ~/.cache/infergraph)."""
-    return Path(os.environ.get("INFERGRAPH_CACHE", Path.home() / ".cache" / "infergraph")).expanduser()
-
-
-class PackageSource(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["package"]
-    package: str
-
-
-class PathSource(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["path"]
-    path: str
-
-
-class HubSource(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["hub"]
-    repo_id: str
-    revision: str | None = None
-
-
-Source = Annotated[PackageSource | PathSource | HubSource, Field(discriminator="type")]
+from infergraph.runtimes.llm.spec import LLMSpec
+from infergraph.runtimes.sources import HubSource, PackageSource, PathSource, Source, cache_root
 
 
 class EncoderSpec(BaseModel):
@@ -95,14 +70,15 @@ class RerankerSpec(BaseModel):
     description: str = ""
 
 
-ModelEntry = Annotated[EncoderSpec | RerankerSpec, Field(discriminator="kind")]
+ModelSpec = EncoderSpec | RerankerSpec | LLMSpec  # any catalog entry
+ModelEntry = Annotated[ModelSpec, Field(discriminator="kind")]
 
 
 class Catalog(BaseModel):
     model_config = ConfigDict(extra="forbid")
     models: list[ModelEntry]
 
-    def get(self, name: str) -> EncoderSpec | RerankerSpec:
+    def get(self, name: str) -> ModelSpec:
         for spec in self.models:
             if spec.name == name:
                 return spec

@@ -205,3 +205,40 @@ def test_premium_has_an_express_lane_past_a_full_deployment():
 
     sent = asyncio.run(scenario())
     assert sent == [["bulk"], ["p"]], "premium goes out at once; bulk waits for the deployment"
+
+
+def test_a_held_stream_slot_waits_its_turn_and_counts_until_released():
+    async def scenario():
+        model = FakeModel()
+        q = queue(model, max_in_flight_per_replica=2)
+        first = await q.hold(2, Tier.standard, far())  # the replica is full while it streams
+        waiting_batch = asyncio.create_task(q.hold(2, Tier.batch, far()))
+        waiting_premium = asyncio.create_task(q.hold(2, Tier.premium, far()))
+        await settle()
+        assert not waiting_batch.done() and not waiting_premium.done()
+        q.release(first)
+        await settle()
+        assert waiting_premium.done() and not waiting_batch.done()  # premium first: it fills the room
+        q.release(waiting_premium.result())
+        await settle()
+        assert waiting_batch.done()
+        q.release(waiting_batch.result())
+        q.release(waiting_batch.result())  # releasing twice is harmless
+        assert q.in_flight_units == 0 and model.calls == []  # slots never call the deployment
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_stream_waiting_for_a_slot_leaves_the_queue():
+    async def scenario():
+        q = queue(FakeModel(), max_in_flight_per_replica=1)
+        busy = await q.hold(1, Tier.standard, far())
+        gone = asyncio.create_task(q.hold(1, Tier.standard, far()))
+        await settle()
+        gone.cancel()
+        await settle()
+        assert q.depth() == 0
+        q.release(busy)
+        assert q.in_flight_units == 0
+
+    asyncio.run(scenario())

@@ -11,11 +11,13 @@ from infergraph.deployments.admission import ModelQueue, Ticket
 from infergraph.deployments.encoder import EmbeddingsEndpoint
 from infergraph.deployments.errors import ApiError
 from infergraph.deployments.gateway import Gateway, ServedModel
+from infergraph.deployments.llm import ChatCompletionsEndpoint, CompletionsEndpoint
 from infergraph.deployments.metrics import RouterMetrics
 from infergraph.deployments.reranker import RerankEndpoint
 from infergraph.deployments.tenants import TenantRegistry, TenantsConfig, hash_key
 from infergraph.protocol.common import Tier
 from infergraph.protocol.embeddings import EmbedResult, EmbedWork
+from infergraph.protocol.llm import LLMEvent
 from infergraph.protocol.rerank import RerankResult, RerankWork
 
 TIERS = {t: {"deadline_ms": 10_000, "queue_limit": 8} for t in Tier}
@@ -185,3 +187,129 @@ def test_an_unreachable_deadline_is_refused_without_reaching_the_model():
     with pytest.raises(ApiError) as err:
         asyncio.run(gw.serve(RerankEndpoint(), "/v1/rerank", "Bearer gold-key", Body(RERANK), 500.0))
     assert err.value.status == 503 and stand_ins["rr"].jobs == []
+
+
+# --- streamed kinds (LLM), with a stand-in event stream -------------------------------------------
+
+
+class StandInGenerator:
+    """Stands in for an LLM deployment's `generate` stream: scripted events, records its closing."""
+
+    def __init__(self, events: list[LLMEvent]) -> None:
+        self.events, self.closed, self.jobs = events, 0, []
+
+    async def open(self, job):
+        self.jobs.append(job)
+        try:
+            for event in self.events:
+                await asyncio.sleep(0)
+                yield event
+        finally:
+            self.closed += 1
+
+    async def info(self):
+        return {}
+
+
+def llm_gateway(events: list[LLMEvent]) -> tuple[Gateway, StandInGenerator]:
+    registry = tenants()
+    metrics = RouterMetrics(registry.config.price_per_replica_hour)
+    stand_in = StandInGenerator(events)
+
+    async def never(group):
+        raise AssertionError("a streamed kind is never sent grouped calls")
+
+    queue = ModelQueue(never, registry.config.tiers)
+    llm = ServedModel("lm", "llm", queue, stand_in.info, open_stream=stand_in.open)
+    return Gateway(registry, metrics, {"lm": llm}), stand_in
+
+
+TEXT = [
+    LLMEvent(0, "Paris", None, 9, 1),
+    LLMEvent(0, " is", None, 9, 2),
+    LLMEvent(0, ".", "stop", 9, 3),
+]
+CHAT = {"model": "lm", "messages": [{"role": "user", "content": "Capital of France?"}], "max_tokens": 8}
+
+
+def test_a_chat_completion_is_assembled_billed_and_its_slot_released():
+    gw, stand_in = llm_gateway(TEXT)
+    out = orjson.loads(serve(gw, ChatCompletionsEndpoint(), Body(CHAT)).body)
+    assert out["object"] == "chat.completion" and out["choices"][0]["message"]["content"] == "Paris is."
+    assert out["choices"][0]["finish_reason"] == "stop"
+    assert out["usage"] == {"prompt_tokens": 9, "completion_tokens": 3, "total_tokens": 12}
+    assert gw.usage()["tenants"]["gold"]["input_tokens"] == 12
+    assert gw.models["lm"].queue.in_flight_units == 0 and stand_in.closed == 1
+    assert stand_in.jobs[0].tier is Tier.premium and stand_in.jobs[0].work.max_tokens == 8
+
+
+def collect(gw: Gateway, endpoint, body: dict, stop_after: int | None = None) -> list[bytes]:
+    async def run():
+        answer = await gw.serve(endpoint, endpoint.paths[0], "Bearer gold-key", Body(body))
+        chunks = []
+        async for chunk in answer.chunks:
+            chunks.append(chunk)
+            if stop_after is not None and len(chunks) >= stop_after:
+                await answer.chunks.aclose()  # the client goes away
+                break
+        return chunks
+
+    return asyncio.run(run())
+
+
+def test_a_stream_is_server_sent_events_ending_with_usage_and_done():
+    gw, stand_in = llm_gateway(TEXT)
+    body = {**CHAT, "stream": True, "stream_options": {"include_usage": True}}
+    chunks = collect(gw, ChatCompletionsEndpoint(), body)
+    assert all(c.startswith(b"data: ") and c.endswith(b"\n\n") for c in chunks)
+    assert chunks[-1] == b"data: [DONE]\n\n"
+    parsed = [orjson.loads(c[6:]) for c in chunks[:-1]]
+    assert parsed[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    text = "".join(p["choices"][0]["delta"].get("content", "") for p in parsed if p["choices"])
+    assert text == "Paris is." and parsed[-2]["choices"][0]["finish_reason"] == "stop"
+    assert parsed[-1]["choices"] == [] and parsed[-1]["usage"]["total_tokens"] == 12
+    assert all(p["object"] == "chat.completion.chunk" for p in parsed)
+    assert gw.models["lm"].queue.in_flight_units == 0 and stand_in.closed == 1
+
+
+def test_a_client_leaving_mid_stream_frees_its_slot_and_closes_the_replica_stream():
+    gw, stand_in = llm_gateway(TEXT)
+    chunks = collect(gw, CompletionsEndpoint(), {"model": "lm", "prompt": "x", "stream": True}, stop_after=1)
+    assert len(chunks) == 1 and orjson.loads(chunks[0][6:])["object"] == "text_completion"
+    assert gw.models["lm"].queue.in_flight_units == 0 and stand_in.closed == 1
+    assert gw.usage()["tenants"]["gold"]["input_tokens"] == 10  # billed what it generated: 9 + 1
+
+
+@pytest.mark.parametrize(
+    ("first", "status", "code"),
+    [
+        (
+            LLMEvent(error="too long", error_param="messages", error_code="context_length_exceeded"),
+            400,
+            "context_length_exceeded",
+        ),  # fmt: skip
+        (LLMEvent(error="late", deadline_exceeded=True), 503, "deadline_exceeded"),
+    ],
+)
+def test_a_refusal_before_any_text_is_an_error_status_not_a_stream(first, status, code):
+    gw, stand_in = llm_gateway([first])
+    error = refused(gw, ChatCompletionsEndpoint(), Body({**CHAT, "stream": True}))
+    assert (error.status, error.code) == (status, code)
+    assert gw.models["lm"].queue.in_flight_units == 0 and stand_in.closed == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({**CHAT, "temperature": 3}, "temperature"),
+        ({**CHAT, "top_p": 0}, "top_p"),
+        ({**CHAT, "messages": []}, "messages"),
+        ({**CHAT, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({**CHAT, "n": 0}, "n"),
+        ({**CHAT, "max_tokens": 0}, "max_tokens"),
+    ],
+)
+def test_bad_sampling_values_are_400(body, param):
+    gw, stand_in = llm_gateway(TEXT)
+    error = refused(gw, ChatCompletionsEndpoint(), Body(body))
+    assert (error.status, error.param) == (400, param) and stand_in.jobs == []
