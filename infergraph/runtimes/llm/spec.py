@@ -1,0 +1,29 @@
+"""The catalog entry of an `llm` model: where its weights come from and how its engine batches."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from infergraph.runtimes.sources import Source
+
+BatchingMode = Literal["none", "static", "dynamic", "continuous"]
+
+
+class LLMSpec(BaseModel):
+    """A Llama-family causal LM served token by token (`POST /v1/chat/completions`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    kind: Literal["llm"]
+    source: Source
+    max_context: int = Field(2048, ge=16, description="prompt + completion tokens of one request")
+    description: str = ""
+    # engine settings (infergraph.runtimes.llm.engine)
+    kv_budget_mb: int = Field(256, ge=1, description="memory of the KV block pool, all layers")
+    block_size: int = Field(16, ge=1, description="tokens per KV block")
+    max_batch_tokens: int = Field(256, ge=1, description="tokens per model step: decodes + prefill chunks")
+    max_running: int = Field(32, ge=1, description="sequences in the batch at once")
+    mode: BatchingMode = "continuous"
+    batch_wait_ms: float = Field(50.0, ge=0, description="mode=dynamic: how long a batch may wait to fill")
