@@ -212,3 +212,11 @@ class Router:
     @app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
         return {"status": "ok", "models": sorted(self.gateway.models)}
+
+    @app.get("/{path:path}", include_in_schema=False)
+    async def not_a_get(self, path: str) -> Response:
+        """Last GET route: a kind's POST endpoint asked with GET is 405, anything else 404."""
+        route = "/" + path.strip("/")
+        if route in ENDPOINTS:
+            raise ApiError(405, f"{route} takes POST", code="method_not_allowed", headers={"Allow": "POST"})
+        raise ApiError(404, f"no endpoint GET {route}; see /docs", code="not_found")

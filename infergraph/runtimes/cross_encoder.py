@@ -240,7 +240,7 @@ UNTRAINED_NOTE = (
 def build_untrained_cross_encoder(out_dir: Path, seed: int = 0) -> Path:
     """A real-architecture cross-encoder folder for tests and speed benchmarks; quality is meaningless.
 
-    No cross-encoder weights exist offline (see MODELS.md), so this puts a fresh pooler and
+    No cross-encoder weights exist offline (README, "Models"), so this puts a fresh pooler and
     single-logit sequence-classification head (fixed seed, std 1/sqrt(hidden) so scores spread) on
     the MiniLM backbone. Built once into `out_dir` (atomically); labelled UNTRAINED in config and README.
     """

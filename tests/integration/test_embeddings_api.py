@@ -79,7 +79,9 @@ def test_concurrent_requests_get_their_own_vectors(service, client):
 
 def test_models_listing(client):
     cards = {m.id: m for m in client.models.list().data}
-    assert set(cards) == {MINILM, E5}
+    assert {MINILM, E5, "rerank-hybrid-en", "rerank-hybrid-multilingual"} <= set(cards)
+    assert (cards[MINILM].model_extra or {})["kind"] == "text-encoder"
+    assert (cards["rerank-hybrid-en"].model_extra or {})["kind"] == "reranker"
     extra = cards[E5].model_extra or {}
     assert extra["dimensions"] == 384 and extra["max_input_tokens"] == 512
     assert extra["variant"] == "base"

@@ -175,12 +175,14 @@ def metrics_text(base: str) -> str:
 
 
 def test_a_client_that_disconnects_leaves_the_queue(qos_service):
-    big = [f"standard sentence {i} with a few more words to embed" for i in range(64)]
+    # Long enough to take seconds on any box: a backlog that drains before the impatient clients
+    # arrive would let them be answered within their 0.2 s.
+    big = [f"standard sentence {i} " + "with a few more words to embed " * 8 for i in range(64)]
 
     async def scenario():
         async with httpx.AsyncClient(timeout=120) as http, httpx.AsyncClient(timeout=0.2) as impatient:
-            backlog = [asyncio.create_task(post(http, qos_service, DEV_KEY, big)) for _ in range(8)]
-            await asyncio.sleep(0.5)
+            backlog = [asyncio.create_task(post(http, qos_service, DEV_KEY, big)) for _ in range(12)]
+            await asyncio.sleep(0.2)
             for i in range(5):
                 with pytest.raises(httpx.TimeoutException):
                     await post(impatient, qos_service, DEV_KEY, [f"gone {i}"])
