@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import signal
 import socket
@@ -63,10 +64,23 @@ def serve_env(env_file: Path | None, workdir: Path) -> dict[str, str]:
     return env
 
 
+# Below Linux's ephemeral range (32768+), where the OS hands out ports to every connecting socket,
+# and above Ray's worker ports (10002-19999): a port found free here stays free until HAProxy or
+# Serve binds it (an ephemeral one was once taken by another process in between).
+PORT_RANGE = (20000, 32000)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on all interfaces, from `PORT_RANGE`."""
+    for _ in range(200):
+        port = random.randrange(*PORT_RANGE)
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {PORT_RANGE}")
 
 
 @dataclass
