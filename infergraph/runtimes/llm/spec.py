@@ -21,9 +21,14 @@ class LLMSpec(BaseModel):
     max_context: int = Field(2048, ge=16, description="prompt + completion tokens of one request")
     description: str = ""
     # engine settings (infergraph.runtimes.llm.engine)
-    kv_budget_mb: int = Field(256, ge=1, description="memory of the KV block pool, all layers")
+    kv_budget_mb: float = Field(256, gt=0, description="memory of the KV block pool, all layers")
     block_size: int = Field(16, ge=1, description="tokens per KV block")
     max_batch_tokens: int = Field(256, ge=1, description="tokens per model step: decodes + prefill chunks")
     max_running: int = Field(32, ge=1, description="sequences in the batch at once")
     mode: BatchingMode = "continuous"
+    precision: Literal["fp32", "bf16", "int8", "int4"] = Field(
+        "fp32",
+        description="fp32: exact (the reference); bf16: weights, activations and KV in bf16; int8/int4: "
+        "weight-only quantisation, fp32 activations (int4 = the GGUF's own 4-bit weights)",
+    )
     batch_wait_ms: float = Field(50.0, ge=0, description="mode=dynamic: how long a batch may wait to fill")

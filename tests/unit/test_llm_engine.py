@@ -1,0 +1,281 @@
+"""The LLM engine on the real SmolLM2-135M-Instruct weights: exact greedy tokens against transformers'
+`generate`, batching, priorities, preemption, aborts and sampling controls; plus the pure-Python
+scheduler and detokenizer on their own. Prompts are short and completions small (2 CPU cores)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from infergraph.runtimes.llm.detokenizer import IncrementalText
+from infergraph.runtimes.llm.engine import ContextLengthExceededError, DeadlineExceededError, TokenEvent
+from infergraph.runtimes.llm.sampling import SamplingParams, top_p_filter
+from infergraph.runtimes.llm.scheduler import Scheduler, Sequence
+
+GREEDY = SamplingParams(max_tokens=12, temperature=0)
+PROMPTS = [
+    "The quick brown fox",
+    "Gravity is",
+    "Here is a list of three colours: red, green and",
+    "def fibonacci(n):",
+]
+
+
+async def collect(engine, request_id, prompt_ids, params, **kw) -> tuple[list[int], str, list[TokenEvent]]:
+    events = [e async for e in engine.generate(request_id, prompt_ids, params, **kw)]
+    return [t for e in events for t in e.token_ids], "".join(e.text for e in events), events
+
+
+async def run_all(engine, jobs: dict[str, tuple[list[int], SamplingParams]], **kw):
+    results = await asyncio.gather(*(collect(engine, rid, ids, p, **kw) for rid, (ids, p) in jobs.items()))
+    return dict(zip(jobs, results, strict=True))
+
+
+# --------------------------------------------------------------------------- greedy == transformers
+
+
+def test_greedy_single_sequence_matches_transformers(make_llm_engine, hf_greedy):
+    engine = make_llm_engine()
+    for text in PROMPTS[:3]:
+        ids = engine.text_prompt(text)
+        tokens, _, events = asyncio.run(collect(engine, "r", ids, GREEDY))
+        assert tokens == hf_greedy(ids, GREEDY.max_tokens), text
+        assert events[-1].finish_reason in ("stop", "length")
+        assert events[-1].prompt_tokens == len(ids) and events[-1].completion_tokens == len(tokens)
+    assert engine.stats()["kv_blocks_used"] == 0
+
+
+def test_greedy_batched_with_chunked_prefill_matches_transformers(make_llm_engine, hf_greedy):
+    engine = make_llm_engine(max_batch_tokens=6)  # shorter than most prompts: prefill comes in chunks
+    prompts = {f"r{i}": engine.text_prompt(t) for i, t in enumerate(PROMPTS)}
+    assert max(len(p) for p in prompts.values()) > 6 and len({len(p) for p in prompts.values()}) > 2
+    got = asyncio.run(run_all(engine, {rid: (ids, GREEDY) for rid, ids in prompts.items()}))
+    for rid, ids in prompts.items():
+        assert got[rid][0] == hf_greedy(ids, GREEDY.max_tokens), rid
+    assert engine.stats()["kv_blocks_used"] == 0
+
+
+@pytest.mark.parametrize("mode", ["none", "static", "dynamic"])
+def test_baseline_modes_give_the_same_greedy_tokens(make_llm_engine, hf_greedy, mode):
+    engine = make_llm_engine(mode=mode, max_running=2, batch_wait_ms=5)
+    prompts = {f"r{i}": engine.text_prompt(t) for i, t in enumerate(PROMPTS[:3])}
+    params = SamplingParams(max_tokens=6, temperature=0)
+    got = asyncio.run(run_all(engine, {rid: (ids, params) for rid, ids in prompts.items()}))
+    for rid, ids in prompts.items():
+        assert got[rid][0] == hf_greedy(ids, 6), rid
+
+
+def test_capital_of_france_is_paris(make_llm_engine):
+    engine = make_llm_engine()
+    ids = engine.chat_prompt([{"role": "user", "content": "The capital of France is"}])
+    _, text, events = asyncio.run(collect(engine, "paris", ids, SamplingParams(max_tokens=24, temperature=0)))
+    assert "Paris" in text, text
+    assert "<|im_end|>" not in text and "<|im_start|>" not in text
+
+
+# --------------------------------------------------------------------------- scheduling
+
+
+def test_premium_gets_its_first_token_before_waiting_batch_work(make_llm_engine):
+    engine = make_llm_engine(max_running=2)
+    params = SamplingParams(max_tokens=8, temperature=0)
+    first_token: dict[str, float] = {}
+
+    async def stream(rid: str, rank: int) -> None:
+        async for _ in engine.generate(rid, engine.text_prompt(PROMPTS[1]), params, tier_rank=rank):
+            first_token.setdefault(rid, time.perf_counter())
+
+    async def main() -> None:
+        bulk = [asyncio.create_task(stream(f"batch{i}", 2)) for i in range(4)]
+        while len(first_token) < 2:  # the batch is full (max_running=2), two batch-tier requests wait
+            await asyncio.sleep(0.005)
+        assert engine.stats()["waiting"] == 2
+        await asyncio.gather(stream("premium", 0), *bulk)
+
+    asyncio.run(main())
+    assert first_token["premium"] < min(first_token["batch2"], first_token["batch3"])
+    assert engine.stats()["preemptions"] == 0  # it joined beside them: no room was needed
+
+
+def test_tiny_kv_pool_preempts_batch_work_never_premium(make_llm_engine, hf_greedy):
+    # 4-token blocks, 20 of them (80 tokens): a premium request reserves ~8, each of three batch-tier
+    # requests grows to ~7; they cannot all fit at once.
+    engine = make_llm_engine(block_size=4, kv_budget_mb=3.6, max_context=64)
+    assert engine.stats()["kv_blocks_total"] == 20
+    params = SamplingParams(max_tokens=16, temperature=0)
+    jobs = {f"b{i}": engine.text_prompt(t) for i, t in enumerate(PROMPTS[:3])}
+
+    async def main():
+        bulk = asyncio.gather(*(collect(engine, rid, ids, params, tier_rank=2) for rid, ids in jobs.items()))
+        await asyncio.sleep(0.3)
+        premium = await collect(engine, "p", engine.text_prompt(PROMPTS[3]), params, tier_rank=0)
+        return dict(zip(jobs, await bulk, strict=True)), premium
+
+    bulk, premium = asyncio.run(main())
+    stats = engine.stats()
+    assert stats["preemptions_batch"] > 0
+    assert stats["preemptions_premium"] == 0
+    for rid, ids in jobs.items():  # recomputed after preemption, still the same tokens
+        assert bulk[rid][0] == hf_greedy(ids, 16), rid
+    assert premium[0] == hf_greedy(engine.text_prompt(PROMPTS[3]), 16)
+    assert stats["kv_blocks_used"] == 0
+
+
+def test_abort_frees_blocks(make_llm_engine):
+    engine = make_llm_engine(max_running=1)
+    params = SamplingParams(max_tokens=200, temperature=0)
+
+    async def main() -> None:
+        left_early = engine.generate("early", engine.text_prompt(PROMPTS[0]), params)
+        async for _ in left_early:
+            assert engine.stats()["kv_blocks_used"] > 0
+            break
+        await left_early.aclose()  # the client went away
+        events: list[TokenEvent] = []
+
+        async def waiter() -> None:
+            events.extend(
+                [e async for e in engine.generate("queued", engine.text_prompt(PROMPTS[1]), params)]
+            )
+
+        task = asyncio.create_task(waiter())
+        await asyncio.sleep(0.2)
+        engine.abort("queued")
+        await asyncio.wait_for(task, 10)
+        assert all(e.finish_reason is None for e in events)  # ended quietly, unfinished
+        for _ in range(50):
+            if engine.stats()["kv_blocks_used"] == 0:
+                break
+            await asyncio.sleep(0.02)
+
+    asyncio.run(main())
+    stats = engine.stats()
+    assert stats["kv_blocks_used"] == 0 and stats["running"] == 0 and stats["waiting"] == 0
+    assert stats["aborted"] == 2
+    assert stats["tokens_generated"] < 100
+
+
+def test_deadline_passed_while_waiting_fails_without_compute(make_llm_engine):
+    engine = make_llm_engine(max_running=1)
+
+    async def main() -> list[int]:
+        busy = asyncio.create_task(
+            collect(
+                engine, "busy", engine.text_prompt(PROMPTS[0]), SamplingParams(max_tokens=10, temperature=0)
+            )
+        )
+        await asyncio.sleep(0)
+        with pytest.raises(DeadlineExceededError):
+            await collect(engine, "late", engine.text_prompt(PROMPTS[1]), GREEDY, deadline=time.time() + 0.05)
+        return (await busy)[0]
+
+    busy_tokens = asyncio.run(main())
+    assert engine.stats()["deadline_exceeded"] == 1
+    assert engine.stats()["tokens_generated"] == len(busy_tokens)  # nothing was computed for "late"
+
+
+def test_over_long_prompt_is_refused_before_queueing(make_llm_engine):
+    engine = make_llm_engine(max_context=64)
+    with pytest.raises(ContextLengthExceededError):
+        asyncio.run(collect(engine, "long", [100] * 60, SamplingParams(max_tokens=5)))
+    assert engine.stats()["requests"] == 0
+
+
+# --------------------------------------------------------------------------- sampling controls
+
+
+def test_seed_makes_sampling_reproducible(make_llm_engine):
+    engine = make_llm_engine()
+    ids = engine.text_prompt(PROMPTS[1])
+
+    def sample(seed: int, n: int = 1) -> list[list[int]]:
+        params = SamplingParams(max_tokens=10, temperature=1.0, top_p=0.95, seed=seed)
+        got = asyncio.run(run_all(engine, {f"s{i}": (ids, params) for i in range(n)}))
+        return [got[f"s{i}"][0] for i in range(n)]
+
+    first = sample(1234)[0]
+    assert sample(1234, n=3) == [first] * 3  # also when batched with others
+    assert any(sample(seed)[0] != first for seed in (1, 2, 3))
+
+
+def test_stop_string_ends_with_stop_and_is_not_returned(make_llm_engine):
+    engine = make_llm_engine()
+    ids = engine.text_prompt(PROMPTS[2])
+    _, full, _ = asyncio.run(collect(engine, "a", ids, SamplingParams(max_tokens=16, temperature=0)))
+    words = full.split()
+    assert len(words) >= 3, full
+    stop = " " + words[2]
+    cut = full.index(stop)
+    _, text, events = asyncio.run(collect(engine, "b", ids, SamplingParams(16, temperature=0, stop=(stop,))))
+    assert events[-1].finish_reason == "stop"
+    assert text == full[:cut]
+
+
+# --------------------------------------------------------------------------- pure Python parts
+
+
+def test_incremental_text_holds_back_partial_characters_and_stop_prefixes():
+    pieces = {1: "Hel", 2: "lo", 3: " wo", 4: "rld", 5: "\ufffd", 6: "é"}
+
+    def decode(ids: list[int]) -> str:  # 5 then 6: one character split over two tokens
+        text = "".join(pieces[i] for i in ids)
+        return text.replace("\ufffdé", "é")
+
+    t = IncrementalText(decode, stop=(" world",))
+    assert t.push([1]) == ("Hel", False)
+    assert t.push([2]) == ("lo", False)
+    assert t.push([3]) == ("", False)  # could be the start of " world"
+    assert t.push([4]) == ("", True)  # it was: nothing of it is returned
+
+    u = IncrementalText(decode, stop=("xyz",))
+    assert u.push([1, 5]) == ("Hel", False)  # the half character waits
+    assert u.push([6]) == ("é", False)
+    assert u.push([3]) == (" wo", False)
+    assert u.flush() == ""
+
+
+def test_top_p_keeps_the_smallest_nucleus():
+    import torch
+
+    probs = torch.tensor([0.05, 0.5, 0.3, 0.15])
+    assert top_p_filter(probs.clone(), 0.7).tolist() == pytest.approx([0, 0.5, 0.3, 0])
+    assert top_p_filter(probs.clone(), 0.1).tolist() == pytest.approx([0, 0.5, 0, 0])
+
+
+def _drive(scheduler: Scheduler, steps: int) -> list[list[str]]:
+    """Run `steps` scheduler steps with a fake model that samples token 7; the ids in each step."""
+    seen = []
+    for _ in range(steps):
+        step = scheduler.schedule(time.time())
+        seen.append([c.seq.request_id for c in step.chunks])
+        for chunk in step.chunks:
+            scheduler.complete(chunk, 7 if chunk.samples else None)
+            if chunk.samples and len(chunk.seq.output_ids) >= chunk.seq.max_tokens:
+                scheduler.finish(chunk.seq)
+    return seen
+
+
+def test_static_batches_admit_nobody_until_all_finish_continuous_joins_at_once():
+    for mode, joined_at in (("static", 3), ("continuous", 1)):
+        s = Scheduler(num_blocks=64, block_size=4, max_batch_tokens=64, max_running=2, mode=mode)
+        s.add(Sequence("long", [1, 2, 3], max_tokens=3))
+        s.add(Sequence("short", [1, 2], max_tokens=1))
+        s.add(Sequence("third", [1, 2], max_tokens=1))
+        seen = _drive(s, 4)
+        first = next(i for i, ids in enumerate(seen) if "third" in ids)
+        assert first == joined_at, (mode, seen)
+
+
+def test_chunked_prefill_keeps_decodes_going_and_respects_the_budget():
+    s = Scheduler(num_blocks=64, block_size=4, max_batch_tokens=4, max_running=8)
+    s.add(Sequence("dec", [1], max_tokens=20))
+    _drive(s, 1)
+    s.add(Sequence("long", list(range(1, 11)), max_tokens=2))
+    for _ in range(3):
+        step = s.schedule(time.time())
+        sizes = {c.seq.request_id: len(c.tokens) for c in step.chunks}
+        assert sizes["dec"] == 1 and sizes["long"] <= 3 and sum(sizes.values()) <= 4
+        for chunk in step.chunks:
+            s.complete(chunk, 7 if chunk.samples else None)
