@@ -288,9 +288,12 @@ class Gateway:
             "models": {name: m.queue.stats() for name, m in self.models.items()},
         }
 
-    def exposition(self) -> bytes:
+    async def exposition(self) -> bytes:
+        """Prometheus text: the queues, and each LLM engine's state as its replica reports it."""
         for name, model in self.models.items():
             self.metrics.observe_queue(name, model.queue.stats())
+            if model.open_stream is not None:
+                self.metrics.observe_engine(name, (await model.info()).get("stats", {}))
         return self.metrics.exposition()
 
 

@@ -149,6 +149,21 @@ class RouterMetrics:
             self.inter_token.labels(model).observe(gap)
         self.output_tokens.labels(model).inc(output_tokens)
 
+    ENGINE_STATS = (
+        "running",
+        "waiting",
+        "kv_blocks_used",
+        "kv_blocks_total",
+        "preemptions",
+        "tokens_generated",
+    )
+
+    def observe_engine(self, model: str, stats: dict[str, Any]) -> None:
+        """An LLM engine's state (running and waiting sequences, KV blocks...) from its card."""
+        for what in self.ENGINE_STATS:
+            if what in stats:
+                self.engine.labels(model, what).set(float(stats[what]))
+
     def cost(self, compute_s: float) -> float:
         return compute_s / 3600 * self.price_per_replica_hour
 

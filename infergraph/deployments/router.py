@@ -207,7 +207,7 @@ class Router:
     async def prometheus(self, request: Request) -> Response:
         """Prometheus text format (admin key: it names tenants)."""
         self.require_admin(request)
-        return Response(self.gateway.exposition(), media_type="text/plain; version=0.0.4")
+        return Response(await self.gateway.exposition(), media_type="text/plain; version=0.0.4")
 
     @app.get("/healthz")
     async def healthz(self) -> dict[str, Any]:

@@ -101,3 +101,12 @@ def test_a_client_that_leaves_a_stream_frees_its_sequence(service, client):
     assert stats["running"] == 0 and stats["waiting"] == 0, stats
     usage = httpx.get(f"{service}/admin/usage", headers=ADMIN, timeout=30).json()
     assert usage["models"][LLM]["in_flight_units"] == 0
+
+
+def test_generation_metrics_reach_prometheus(client, service):
+    client.chat.completions.create(model=LLM, messages=CAPITAL, max_tokens=4, temperature=0)
+    text = httpx.get(f"{service}/metrics", headers=ADMIN, timeout=30).text
+    assert f'infergraph_llm_time_to_first_token_seconds_count{{model="{LLM}",tier="standard"}}' in text
+    assert "infergraph_llm_inter_token_seconds_bucket" in text
+    assert f'infergraph_llm_engine{{model="{LLM}",what="kv_blocks_total"}}' in text
+    assert f'infergraph_llm_output_tokens_total{{model="{LLM}"}}' in text
