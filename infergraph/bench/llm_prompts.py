@@ -134,7 +134,13 @@ def render(prompts: list[Prompt]) -> str:
     """The JSON lines, one prompt a line, keys in a fixed order."""
     lines = [
         json.dumps(
-            {"id": p.id, "kind": p.kind, "max_tokens": p.max_tokens, "words": p.words, "messages": p.messages},
+            {
+                "id": p.id,
+                "kind": p.kind,
+                "max_tokens": p.max_tokens,
+                "words": p.words,
+                "messages": p.messages,
+            },
             ensure_ascii=False,
         )
         for p in prompts

@@ -38,8 +38,15 @@ class LLMDeployment:
         from infergraph.runtimes.llm.engine import load_llm_engine  # torch stays out of the router
 
         self.spec = LLMSpec.model_validate(spec)
-        threads = int(os.environ.get("INFERGRAPH_ENGINE_THREADS", os.cpu_count() or 1))
-        self.engine = load_llm_engine(self.spec, threads=threads, mode=mode)
+        self.engine: Any
+        if self.spec.engine == "vllm":  # GPU clusters; unrun here (runtimes/llm/vllm_engine.py)
+            from infergraph.runtimes.llm.vllm_engine import load_vllm_engine
+            from infergraph.runtimes.llm.weights import resolve_llm_dir
+
+            self.engine = load_vllm_engine(self.spec, resolve_llm_dir(self.spec.source))
+        else:
+            threads = int(os.environ.get("INFERGRAPH_ENGINE_THREADS", os.cpu_count() or 1))
+            self.engine = load_llm_engine(self.spec, threads=threads, mode=mode)
         log.info("%s: LLM engine ready (max context %d)", self.spec.name, self.engine.max_context)
 
     def info(self) -> dict[str, Any]:
@@ -48,7 +55,7 @@ class LLMDeployment:
             "id": self.spec.name,
             "kind": self.spec.kind,
             "max_input_tokens": self.engine.max_context,
-            "engine": f"infergraph-llm ({stats.get('mode', 'continuous')})",
+            "engine": "vllm" if self.spec.engine == "vllm" else f"infergraph-llm ({self.spec.mode})",
             "precision": "fp32",
             "stats": {k: int(v) for k, v in stats.items() if isinstance(v, int | float)},
         }

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,3 +32,9 @@ class LLMSpec(BaseModel):
         "weight-only quantisation, fp32 activations (int4 = the GGUF's own 4-bit weights)",
     )
     batch_wait_ms: float = Field(50.0, ge=0, description="mode=dynamic: how long a batch may wait to fill")
+    engine: Literal["infergraph", "vllm"] = Field(
+        "infergraph", description="infergraph: this package's CPU engine; vllm: vLLM on GPUs (unrun here)"
+    )
+    vllm_args: dict[str, Any] = Field(
+        default_factory=dict, description="engine: vllm: extra AsyncEngineArgs (gpu_memory_utilization...)"
+    )
