@@ -22,6 +22,8 @@ from ray.serve import Application
 
 from infergraph.deployments.context import BuildContext
 from infergraph.deployments.gateway import Endpoint
+from infergraph.deployments.variants import alias_version
+from infergraph.paths import absolute_tracking_uri
 from infergraph.protocol.common import Job
 from infergraph.protocol.llm import ChatCompletionRequest, Completion, CompletionRequest, LLMEvent, LLMWork
 from infergraph.runtimes.catalog import ModelSpec
@@ -32,12 +34,37 @@ log = logging.getLogger("ray.serve")
 _DONE = object()
 
 
+def promoted_precision(name: str, tracking_uri: str) -> tuple[str | None, str]:
+    """The precision `python -m infergraph.optimize.llm` promoted (`models:/<name>@production`, the
+    version's `precision` tag), and how it was found; None when the registry has no such entry."""
+    requested = f"models:/{name}@production"
+    try:
+        version = alias_version(requested, tracking_uri) if tracking_uri else None
+        if version is None:
+            return None, f"no registry entry {requested}: the catalog's precision"
+        from mlflow import MlflowClient
+
+        uri = absolute_tracking_uri(tracking_uri)
+        tags = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version(name, version).tags
+    except Exception as exc:  # an unreadable store must not stop the model from serving
+        return None, f"registry not readable ({exc}): the catalog's precision"
+    precision = tags.get("precision")
+    return precision, f"models:/{name}/{version}"
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.8}, max_ongoing_requests=1024)
 class LLMDeployment:
-    def __init__(self, spec: dict[str, Any], mode: str | None = None) -> None:
+    def __init__(self, spec: dict[str, Any], mode: str | None = None, tracking_uri: str = "") -> None:
         from infergraph.runtimes.llm.engine import load_llm_engine  # torch stays out of the router
 
         self.spec = LLMSpec.model_validate(spec)
+        self.variant_reason = "the catalog's precision"
+        self.variant_uri: str | None = None
+        if self.spec.engine == "infergraph":
+            precision, self.variant_reason = promoted_precision(self.spec.name, tracking_uri)
+            if precision is not None:
+                self.spec = self.spec.model_copy(update={"precision": precision})
+                self.variant_uri = self.variant_reason
         self.engine: Any
         if self.spec.engine == "vllm":  # GPU clusters; unrun here (runtimes/llm/vllm_engine.py)
             from infergraph.runtimes.llm.vllm_engine import load_vllm_engine
@@ -47,7 +74,13 @@ class LLMDeployment:
         else:
             threads = int(os.environ.get("INFERGRAPH_ENGINE_THREADS", os.cpu_count() or 1))
             self.engine = load_llm_engine(self.spec, threads=threads, mode=mode)
-        log.info("%s: LLM engine ready (max context %d)", self.spec.name, self.engine.max_context)
+        log.info(
+            "%s: LLM engine ready (max context %d, %s: %s)",
+            self.spec.name,
+            self.engine.max_context,
+            getattr(self.spec, "precision", "fp32"),
+            self.variant_reason,
+        )
 
     def info(self) -> dict[str, Any]:
         stats = self.engine.stats()
@@ -56,7 +89,11 @@ class LLMDeployment:
             "kind": self.spec.kind,
             "max_input_tokens": self.engine.max_context,
             "engine": "vllm" if self.spec.engine == "vllm" else f"infergraph-llm ({self.spec.mode})",
-            "precision": "fp32",
+            "precision": getattr(self.spec, "precision", "fp32"),
+            "variant": getattr(self.spec, "precision", "fp32"),
+            "variant_uri": self.variant_uri,
+            "variant_source": "registry" if self.variant_uri else "base",
+            "variant_reason": self.variant_reason,
             "stats": {k: int(v) for k, v in stats.items() if isinstance(v, int | float)},
         }
 
@@ -164,4 +201,5 @@ class CompletionsEndpoint(Endpoint[CompletionRequest, Any]):
 def bind_llm(spec: ModelSpec, ctx: BuildContext, bound: dict[str, Application]) -> Application:
     assert isinstance(spec, LLMSpec)
     deployment = LLMDeployment.options(name=spec.name)  # type: ignore[attr-defined]
-    return deployment.bind(spec.model_dump(mode="json"))
+    tracking_uri = "" if ctx.default_variant == "base" else ctx.tracking_uri
+    return deployment.bind(spec.model_dump(mode="json"), tracking_uri=tracking_uri)
