@@ -12,7 +12,9 @@ times in a row goes next. So under any overload a waiting lower tier still gets 
 every `starvation_guard + 1` calls, while premium keeps the rest. A call carries one tier only.
 
 Refusals happen before a request costs compute: a full tier queue (429), or a deadline that the
-current backlog makes unreachable (503), both with the seconds after which a retry may succeed.
+current backlog makes unreachable (503), both with the seconds after which a retry may succeed. On an
+idle model a request is always tried: refusing it would send a client into retries that meet the same
+estimate.
 Queued requests whose deadline passes are failed at dispatch.
 """
 
@@ -204,7 +206,10 @@ class ModelQueue:
                 429, "queue_full", f"the {tier} queue for this model is full", self.estimated_wait_s(tier)
             )
         wait = self.estimated_wait_s(tier, extra_units=units)
-        if now + wait > deadline:
+        idle = not self.depth() and self.in_flight_units == 0
+        # On an idle model nothing can be done sooner: the request is tried rather than refused
+        # with a 503 that no retry could ever fix (it would only meet the same estimate again).
+        if now + wait > deadline and not idle:
             budget_ms = (deadline - now) * 1000
             message = f"the backlog (~{wait * 1000:.0f} ms) exceeds the deadline ({budget_ms:.0f} ms)"
             raise Rejection(503, "deadline_exceeded", message, wait)
@@ -286,7 +291,8 @@ class ModelQueue:
                 break  # a held slot is granted alone
             queue.popleft()
             now = self.clock()
-            if head.deadline < now + head.units * self.rate.seconds_per_unit:
+            busy = self.in_flight_units > 0 or bool(group)  # else it starts now: only a passed deadline
+            if head.deadline < now + (head.units * self.rate.seconds_per_unit if busy else 0.0):
                 head.future.set_exception(
                     Rejection(503, "deadline_exceeded", "the deadline passed while the request was queued", 1)
                 )

@@ -39,8 +39,16 @@ class ServedModel:
     card: dict[str, Any] = field(default_factory=dict)  # the last info() answer
     open_stream: Callable[[Job[Any]], AsyncGenerator[Any, None]] | None = None  # streaming kinds (LLM)
 
+    card_at: float = 0.0  # time.monotonic() of `card`
+
     async def info(self) -> dict[str, Any]:
-        self.card = await self.describe()
+        self.card, self.card_at = await self.describe(), time.monotonic()
+        return self.card
+
+    async def recent_info(self, max_age_s: float) -> dict[str, Any]:
+        """The card, asked of the deployment only when the last answer is older than `max_age_s`."""
+        if not self.card or time.monotonic() - self.card_at > max_age_s:
+            return await self.info()
         return self.card
 
     async def cached(self, key: str) -> Any:
@@ -157,6 +165,7 @@ class Gateway:
             if result.deadline_exceeded:
                 raise Rejection(503, "deadline_exceeded", result.error or "deadline passed", 1)
         except Rejection as rejection:
+            tenant.refund(self.clock())
             self.metrics.rejected(model.name, tier.value, name, rejection.code)
             raise rejection_error(rejection) from None
         if result.error:
@@ -201,6 +210,7 @@ class Gateway:
         try:
             ticket = await model.queue.hold(work.units, tier, deadline, name)
         except Rejection as rejection:
+            tenant.refund(self.clock())
             self.metrics.rejected(model.name, tier.value, name, rejection.code)
             raise rejection_error(rejection) from None
         assert model.open_stream is not None, f"{model.name} has no stream"

@@ -27,6 +27,7 @@ from infergraph.deployments.tenants import TenantRegistry, TenantsConfig
 from infergraph.protocol.common import Job, ModelCard
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+CARD_MAX_AGE_S = 1.0  # /v1/models answers from cards at most this old
 ENDPOINTS = endpoints_by_path()
 
 app = FastAPI(
@@ -161,8 +162,9 @@ class Router:
             raise ApiError(401, "this endpoint needs the admin key", code="invalid_api_key")
 
     async def card(self, name: str) -> ModelCard:
-        """Asked of the deployment each time, so live changes show up."""
-        return ModelCard(created=self.started, **await self.gateway.models[name].info())
+        """From the deployment, at most `CARD_MAX_AGE_S` old: live changes show up, and a flood of
+        listings does not fan out to the replicas."""
+        return ModelCard(created=self.started, **await self.gateway.models[name].recent_info(CARD_MAX_AGE_S))
 
     # --- routes -----------------------------------------------------------------------------------
     @app.post("/{path:path}", include_in_schema=False)
@@ -185,12 +187,14 @@ class Router:
         return Response(answer.body, media_type="application/json", headers=answer.headers)
 
     @app.get("/v1/models")
-    async def list_models(self) -> dict[str, Any]:
+    async def list_models(self, request: Request) -> dict[str, Any]:
+        self.gateway.authenticate(request.headers.get("authorization"))
         cards = [await self.card(name) for name in sorted(self.gateway.models)]
         return {"object": "list", "data": [c.model_dump() for c in cards]}
 
     @app.get("/v1/models/{model}")
-    async def get_model(self, model: str) -> dict[str, Any]:
+    async def get_model(self, model: str, request: Request) -> dict[str, Any]:
+        self.gateway.authenticate(request.headers.get("authorization"))
         if model not in self.gateway.models:
             available = ", ".join(sorted(self.gateway.models))
             message = f"The model '{model}' does not exist; available: {available}"

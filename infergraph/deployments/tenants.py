@@ -120,13 +120,21 @@ class TokenBucket:
         self.level, self.stamp = capacity, now
 
     def _refill(self, now: float) -> None:
-        self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
-        self.stamp = now
+        """Add what accrued since the last call; a time earlier than that (requests are stamped when
+        they arrive, and finish out of order) accrues nothing and takes nothing away."""
+        if now > self.stamp:
+            self.level = min(self.capacity, self.level + (now - self.stamp) * self.rate)
+            self.stamp = now
 
     def wait_s(self, amount: float, now: float) -> float:
         """Seconds until `amount` is available (0 if it is now)."""
         self._refill(now)
         return max(0.0, (amount - self.level) / self.rate)
+
+    def credit(self, amount: float, now: float) -> None:
+        """Give `amount` back, never above the capacity."""
+        self._refill(now)
+        self.level = min(self.capacity, self.level + amount)
 
     def debit(self, amount: float, now: float) -> None:
         self._refill(now)
@@ -164,6 +172,12 @@ class TenantState:
             raise Rejection(429, "rate_limited", "request rate limit reached", wait)
         self.requests.debit(1, now)
         self.day_requests += 1
+
+    def refund(self, now: float) -> None:
+        """Give back a request that was refused after `admit` (a full queue, a deadline the backlog
+        makes unreachable): a refusal is not a use of the tenant's quota or rate."""
+        self.requests.credit(1, now)
+        self.day_requests = max(0, self.day_requests - 1)
 
     def record_tokens(self, tokens: int, now: float) -> None:
         self.day_tokens += tokens

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from infergraph.protocol.common import Outcome
 
@@ -26,9 +26,9 @@ class EmbeddingRequest(BaseModel):
     input: StrictStr | list[StrictStr] = Field(description="A string or a list of strings to embed.")
     model: StrictStr
     encoding_format: Literal["float", "base64"] = "float"
-    dimensions: int | None = Field(default=None, gt=0)
+    dimensions: StrictInt | None = Field(default=None, gt=0)
     user: str | None = None
-    truncate: bool = False
+    truncate: StrictBool = False
     truncation_direction: Literal["right", "left"] = "right"
 
     @field_validator("truncation_direction", mode="before")
@@ -69,7 +69,7 @@ class EmbedWork:
     """What a text-encoder deployment computes for one request."""
 
     texts: list[str]
-    truncate: bool = False
+    truncate: StrictBool = False
     truncation_direction: Literal["right", "left"] = "right"
 
     @property

@@ -9,7 +9,16 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 MAX_CHOICES = 8
@@ -34,7 +43,7 @@ class ChatMessage(BaseModel):
 
 class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class SamplingFields(BaseModel):
@@ -42,13 +51,13 @@ class SamplingFields(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     model: StrictStr
-    max_tokens: int | None = Field(None, ge=1)
+    max_tokens: StrictInt | None = Field(None, ge=1)
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     stop: StrictStr | list[StrictStr] | None = None
-    seed: int | None = None
-    n: int = Field(1, ge=1, le=MAX_CHOICES)
-    stream: bool = False
+    seed: StrictInt | None = None
+    n: StrictInt = Field(1, ge=1, le=MAX_CHOICES)
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     user: str | None = None
 
@@ -72,7 +81,7 @@ class SamplingFields(BaseModel):
 
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=1)
 
     @model_validator(mode="after")
     def _one_limit(self) -> ChatCompletionRequest:
@@ -97,7 +106,7 @@ class ChatCompletionRequest(SamplingFields):
 
 class CompletionRequest(SamplingFields):
     prompt: StrictStr | list[StrictStr]
-    max_tokens: int | None = Field(16, ge=1)  # OpenAI's default for /v1/completions
+    max_tokens: StrictInt | None = Field(16, ge=1)  # OpenAI's default for /v1/completions
 
     @field_validator("prompt")
     @classmethod

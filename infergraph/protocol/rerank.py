@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from infergraph.protocol.common import Outcome
 
@@ -28,8 +28,8 @@ class RerankRequest(BaseModel):
     model: StrictStr
     query: StrictStr
     documents: list[StrictStr | TextDocument] = Field(description="strings or {'text': ...} objects")
-    top_n: int | None = Field(default=None, ge=1, description="return the best n (default: all)")
-    return_documents: bool = False
+    top_n: StrictInt | None = Field(default=None, ge=1, description="return the best n (default: all)")
+    return_documents: StrictBool = False
 
     @field_validator("query")
     @classmethod

@@ -84,3 +84,9 @@ def test_service_still_answers_after_bad_input(client):
             client.embeddings.create(model=MINILM, input=["word " * 400])
     resp = client.embeddings.create(model=MINILM, input=["still alive"])
     assert len(resp.data[0].embedding) == 384
+
+
+def test_model_cards_need_a_key(service):
+    assert_openai_error(httpx.get(f"{service}/v1/models"), 401)
+    assert_openai_error(httpx.get(f"{service}/v1/models/{MINILM}"), 401)
+    assert httpx.get(f"{service}/v1/models", headers=AUTH).status_code == 200

@@ -13,6 +13,7 @@ pytestmark = pytest.mark.integration
 
 LLM, MINILM = "smollm2-135m-instruct", "all-MiniLM-L6-v2"
 ADMIN = {"Authorization": "Bearer sk-ig-admin"}
+AUTH = {"Authorization": f"Bearer {DEV_KEY}"}
 CAPITAL = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 
 
@@ -94,7 +95,7 @@ def test_a_client_that_leaves_a_stream_frees_its_sequence(service, client):
         next(r.iter_lines())  # one chunk, then the client goes away
     deadline = time.time() + 30
     while time.time() < deadline:
-        stats = httpx.get(f"{service}/v1/models/{LLM}", timeout=30).json()["stats"]
+        stats = httpx.get(f"{service}/v1/models/{LLM}", headers=AUTH, timeout=30).json()["stats"]
         if stats.get("running", 1) == 0 and stats.get("waiting", 1) == 0:
             break
         time.sleep(0.5)

@@ -90,7 +90,11 @@ def test_a_deployment_serves_the_promoted_variant(quick_run, tmp_path):
     path.write_text(yaml.safe_dump(config))
     service = start_service(path)
     try:
-        card = httpx.get(f"{service.base_url}/v1/models/{MINILM}", timeout=30).json()
+        card = httpx.get(
+            f"{service.base_url}/v1/models/{MINILM}",
+            headers={"Authorization": f"Bearer {DEV_KEY}"},
+            timeout=30,
+        ).json()
         assert card["variant"] == winner.tags["variant"], card
         assert card["variant_uri"] == f"models:/{MINILM}/{winner.version}"
         auth = {"Authorization": f"Bearer {DEV_KEY}"}

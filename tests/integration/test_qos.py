@@ -150,12 +150,12 @@ def test_overload_sheds_batch_and_keeps_premium_within_its_deadline(qos_service)
 
 
 def test_a_tighter_deadline_that_the_backlog_cannot_meet_is_refused_up_front(qos_service):
-    big = [f"standard sentence {i} with a few more words to embed" for i in range(64)]
+    big = [f"standard sentence {i} " + "with a few more words to embed " * 8 for i in range(64)]
 
     async def scenario():
         async with httpx.AsyncClient(timeout=120) as http:
-            backlog = [asyncio.create_task(post(http, qos_service, DEV_KEY, big)) for _ in range(8)]
-            await asyncio.sleep(0.5)
+            backlog = [asyncio.create_task(post(http, qos_service, DEV_KEY, big)) for _ in range(12)]
+            await asyncio.sleep(0.2)
             headers = {**auth(DEV_KEY), "X-Deadline-Ms": "1"}
             hurried = await http.post(
                 f"{qos_service}/v1/embeddings", json={"model": MINILM, "input": "now"}, headers=headers

@@ -22,7 +22,9 @@ MINILM = "all-MiniLM-L6-v2"
 
 
 def card(base_url: str) -> dict:
-    return httpx.get(f"{base_url}/v1/models/{MINILM}", timeout=30).json()
+    return httpx.get(
+        f"{base_url}/v1/models/{MINILM}", headers={"Authorization": f"Bearer {DEV_KEY}"}, timeout=30
+    ).json()
 
 
 def test_user_config_changes_live(running_service, tmp_path):

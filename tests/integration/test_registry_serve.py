@@ -74,7 +74,7 @@ def registry_service(minilm_artifact, register_artifact, tmp_path_factory):
 
 
 def card(base_url: str) -> dict:
-    r = httpx.get(f"{base_url}/v1/models/{MINILM}", timeout=30)
+    r = httpx.get(f"{base_url}/v1/models/{MINILM}", headers=AUTH, timeout=30)
     r.raise_for_status()
     return r.json()
 
@@ -141,7 +141,7 @@ def test_shipped_service_without_a_store_serves_base_and_creates_none(service, e
     """configs/serve.yaml with no tracking store yet (a fresh checkout): both models serve base, say why."""
     db = empty_store
     for model in (MINILM, "multilingual-e5-small"):
-        now = httpx.get(f"{service}/v1/models/{model}", timeout=30).json()
+        now = httpx.get(f"{service}/v1/models/{model}", headers=AUTH, timeout=30).json()
         assert now["variant"] == "base" and now["variant_source"] == "base" and now["variant_uri"] is None
         assert now["variant_reason"].startswith(f"no registry entry models:/{model}@production")
         assert f"tracking store {db} does not exist" in now["variant_reason"]

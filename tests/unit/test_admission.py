@@ -242,3 +242,27 @@ def test_a_cancelled_stream_waiting_for_a_slot_leaves_the_queue():
         assert q.in_flight_units == 0
 
     asyncio.run(scenario())
+
+
+def test_a_large_request_on_an_idle_model_is_tried_not_refused():
+    """A 503 that no retry can fix (the same estimate on an empty service) is no answer: on an idle
+    model the request runs; with a backlog ahead of it, the same request is refused."""
+
+    async def scenario():
+        import time
+
+        model = FakeModel()
+        model.release.set()
+        q = queue(model, prior_s_per_unit=0.01, max_in_flight_per_replica=512)
+        big = ["short input"] * 400  # ~4 s at the prior rate, against a 1 s premium deadline
+        await submit(q, big, Tier.premium, time.time() + 1.0)  # idle: tried
+        model.release.clear()
+        busy = asyncio.create_task(submit(q, ["busy"], Tier.premium, far()))
+        await settle()
+        with pytest.raises(Rejection) as info:
+            await submit(q, big, Tier.premium, time.time() + 1.0)
+        model.release.set()
+        await busy
+        return info.value
+
+    assert asyncio.run(scenario()).code == "deadline_exceeded"

@@ -183,10 +183,20 @@ def test_work_refused_in_the_replica_for_its_deadline_is_a_503_with_retry_after(
 
 def test_an_unreachable_deadline_is_refused_without_reaching_the_model():
     gw, stand_ins = gateway()
-    gw.models["rr"].queue.rate.seconds_per_unit = 10.0  # 3 documents: ~30 s of backlog
+    queue = gw.models["rr"].queue
+    queue.rate.seconds_per_unit = 10.0  # 3 documents: ~30 s of work
+
+    async def scenario():
+        busy = await queue.hold(1, Tier.batch, float("inf"))  # something is in flight already
+        try:
+            await gw.serve(RerankEndpoint(), "/v1/rerank", "Bearer gold-key", Body(RERANK), 500.0)
+        finally:
+            queue.release(busy)
+
     with pytest.raises(ApiError) as err:
-        asyncio.run(gw.serve(RerankEndpoint(), "/v1/rerank", "Bearer gold-key", Body(RERANK), 500.0))
+        asyncio.run(scenario())
     assert err.value.status == 503 and stand_ins["rr"].jobs == []
+    assert gw.usage()["tenants"]["gold"]["rejected"] == 1
 
 
 # --- streamed kinds (LLM), with a stand-in event stream -------------------------------------------

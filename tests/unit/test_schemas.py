@@ -31,3 +31,29 @@ def test_bad_bodies_explain_themselves(body, param, fragment):
     message, got_param = describe_validation_error(err.value)
     assert got_param == param
     assert fragment in message
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": "m", "input": "x", "dimensions": "384"}, "dimensions"),
+        ({"model": "m", "input": "x", "dimensions": True}, "dimensions"),
+        ({"model": "m", "input": "x", "truncate": "yes"}, "truncate"),
+    ],
+)
+def test_numbers_and_flags_are_not_coerced_from_strings_or_booleans(body, param):
+    with pytest.raises(ValidationError) as err:
+        EmbeddingRequest.model_validate(body)
+    assert describe_validation_error(err.value)[1] == param
+
+
+def test_rerank_and_llm_fields_are_strict_too():
+    from infergraph.protocol.llm import ChatCompletionRequest
+    from infergraph.protocol.rerank import RerankRequest
+
+    with pytest.raises(ValidationError):
+        RerankRequest.model_validate({"model": "m", "query": "q", "documents": ["a"], "top_n": "2"})
+    with pytest.raises(ValidationError):
+        ChatCompletionRequest.model_validate(
+            {"model": "m", "messages": [{"role": "user", "content": "hi"}], "n": "2"}
+        )

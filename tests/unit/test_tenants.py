@@ -122,3 +122,25 @@ def test_anonymous_requests_only_where_configured():
     assert TenantRegistry(open_config).authenticate(None).config.name == "dev"
     with pytest.raises(ValueError):
         TenantsConfig.model_validate({**shipped.model_dump(mode="json"), "anonymous_tenant": "nobody"})
+
+
+def test_a_time_stamped_earlier_than_the_last_one_takes_no_tokens_away():
+    """Requests are stamped when they arrive and charged out of order (a slow upload next to a quick
+    request): an earlier time must not count as negative refill (a false 429 rate_limited)."""
+    clock = Clock()
+    reg = registry(clock, rate={"requests_per_s": 1, "burst": 2, "input_tokens_per_s": 1000})
+    tenant = reg.authenticate("Bearer acme-key")
+    tenant.admit(clock() + 3.0)  # a quick request finishing 3 s after a slow upload started
+    tenant.record_tokens(10, clock() + 3.0)
+    tenant.admit(clock())  # the slow one, stamped at its start: one token is still there
+    assert tenant.requests.level >= 0
+
+
+def test_a_refused_request_is_refunded_to_quota_and_rate():
+    clock = Clock()
+    reg = registry(clock, rate={"requests_per_s": 0.001, "burst": 1}, quota={"requests_per_day": 1})
+    tenant = reg.authenticate("Bearer acme-key")
+    tenant.admit(clock())
+    tenant.refund(clock())  # e.g. the queue was full: 429 queue_full is not a use of the quota
+    tenant.admit(clock())  # neither the daily quota nor the bucket counted the refused one
+    assert rejected(lambda: tenant.admit(clock())).code == "quota_exceeded"
