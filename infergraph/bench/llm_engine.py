@@ -6,8 +6,9 @@
 Every mode runs the same model code on the same frozen workload: Debian FAQ questions (installed
 offline) as chat prompts, greedy, with max_tokens cycling through 16/32/64/96, so each mode
 produces the same tokens and only scheduling differs. Each stream (a closed-loop client) sends
-`--per-stream` requests back to back. Reports TTFT p50/p95, time per output token (TPOT, after the
-first) and aggregate completion tokens/s; writes results/llm/engine.json.
+`--per-stream` requests back to back (at least `--min-requests` per run). Reports TTFT p50/p95,
+time per output token (TPOT, after the first) and aggregate completion tokens/s; writes
+results/llm/engine.json.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         prompts = [(engine.chat_prompt([{"role": "user", "content": q}]), m) for q, m in workload()]
         asyncio.run(closed_loop(engine, prompts[:2], 2))  # warm-up
         for streams in args.concurrency:
-            n = streams * args.per_stream
+            n = max(args.min_requests, streams * args.per_stream)
             work = list(itertools.islice(itertools.cycle(prompts), n))
             before = engine.stats()
             result = asyncio.run(closed_loop(engine, work, streams))
@@ -158,6 +159,7 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--concurrency", nargs="+", type=int, default=[1, 4, 16])
     ap.add_argument("--per-stream", type=int, default=2, help="requests each stream sends")
+    ap.add_argument("--min-requests", type=int, default=8, help="at least this many requests per run")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--kv-budget-mb", type=float, default=256)
     ap.add_argument("--precision", choices=["fp32", "bf16", "int8", "int4"], default="fp32")
@@ -173,6 +175,7 @@ def main() -> None:
         "cpu": platform.processor() or platform.machine(),
         "max_tokens_cycle": list(MAX_TOKENS),
         "per_stream": args.per_stream,
+        "min_requests": args.min_requests,
     }
     atomic_write_text(args.out, json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     console.print(f"wrote {args.out}")

@@ -38,10 +38,10 @@ async def run_all(engine, jobs: dict[str, tuple[list[int], SamplingParams]], **k
 
 def test_greedy_single_sequence_matches_transformers(make_llm_engine, hf_greedy):
     engine = make_llm_engine()
-    for text in PROMPTS[:3]:
-        ids = engine.text_prompt(text)
+    chat = engine.chat_prompt([{"role": "user", "content": "What is the capital of France?"}])
+    for ids in [engine.text_prompt(text) for text in PROMPTS[:2]] + [chat]:
         tokens, _, events = asyncio.run(collect(engine, "r", ids, GREEDY))
-        assert tokens == hf_greedy(ids, GREEDY.max_tokens), text
+        assert tokens == hf_greedy(ids, GREEDY.max_tokens), ids
         assert events[-1].finish_reason in ("stop", "length")
         assert events[-1].prompt_tokens == len(ids) and events[-1].completion_tokens == len(tokens)
     assert engine.stats()["kv_blocks_used"] == 0
@@ -68,8 +68,14 @@ def test_baseline_modes_give_the_same_greedy_tokens(make_llm_engine, hf_greedy, 
 
 
 def test_capital_of_france_is_paris(make_llm_engine):
+    # Under the template's default system prompt this 4-bit 135M model answers this exact message with
+    # small talk (so does transformers' generate on the same weights); a plain system prompt gets Paris.
     engine = make_llm_engine()
-    ids = engine.chat_prompt([{"role": "user", "content": "The capital of France is"}])
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "The capital of France is"},
+    ]
+    ids = engine.chat_prompt(messages)
     _, text, events = asyncio.run(collect(engine, "paris", ids, SamplingParams(max_tokens=24, temperature=0)))
     assert "Paris" in text, text
     assert "<|im_end|>" not in text and "<|im_start|>" not in text
@@ -100,26 +106,36 @@ def test_premium_gets_its_first_token_before_waiting_batch_work(make_llm_engine)
 
 
 def test_tiny_kv_pool_preempts_batch_work_never_premium(make_llm_engine, hf_greedy):
-    # 4-token blocks, 20 of them (80 tokens): a premium request reserves ~8, each of three batch-tier
-    # requests grows to ~7; they cannot all fit at once.
-    engine = make_llm_engine(block_size=4, kv_budget_mb=3.6, max_context=64)
-    assert engine.stats()["kv_blocks_total"] == 20
-    params = SamplingParams(max_tokens=16, temperature=0)
+    # 16 blocks of 4 tokens: the three batch-tier requests alone grow past it, and the premium one
+    # reserves its whole length (~6 blocks) when it joins.
+    engine = make_llm_engine(block_size=4, kv_budget_mb=2.9, max_context=64)
+    assert engine.stats()["kv_blocks_total"] == 16
+    params = SamplingParams(max_tokens=20, temperature=0)
     jobs = {f"b{i}": engine.text_prompt(t) for i, t in enumerate(PROMPTS[:3])}
+    premium_ids = engine.text_prompt(PROMPTS[3])
+    started: set[str] = set()
+
+    async def bulk_job(rid: str, ids: list[int]) -> list[int]:
+        tokens = []
+        async for event in engine.generate(rid, ids, params, tier_rank=2):
+            started.add(rid)
+            tokens += event.token_ids
+        return tokens
 
     async def main():
-        bulk = asyncio.gather(*(collect(engine, rid, ids, params, tier_rank=2) for rid, ids in jobs.items()))
-        await asyncio.sleep(0.3)
-        premium = await collect(engine, "p", engine.text_prompt(PROMPTS[3]), params, tier_rank=0)
-        return dict(zip(jobs, await bulk, strict=True)), premium
+        bulk = asyncio.gather(*(bulk_job(rid, ids) for rid, ids in jobs.items()))
+        while len(started) < len(jobs):
+            await asyncio.sleep(0.005)
+        premium = await collect(engine, "p", premium_ids, params, tier_rank=0)
+        return dict(zip(jobs, await bulk, strict=True)), premium[0]
 
     bulk, premium = asyncio.run(main())
     stats = engine.stats()
     assert stats["preemptions_batch"] > 0
     assert stats["preemptions_premium"] == 0
     for rid, ids in jobs.items():  # recomputed after preemption, still the same tokens
-        assert bulk[rid][0] == hf_greedy(ids, 16), rid
-    assert premium[0] == hf_greedy(engine.text_prompt(PROMPTS[3]), 16)
+        assert bulk[rid] == hf_greedy(ids, 20), rid
+    assert premium == hf_greedy(premium_ids, 20)
     assert stats["kv_blocks_used"] == 0
 
 
@@ -168,7 +184,14 @@ def test_deadline_passed_while_waiting_fails_without_compute(make_llm_engine):
         )
         await asyncio.sleep(0)
         with pytest.raises(DeadlineExceededError):
-            await collect(engine, "late", engine.text_prompt(PROMPTS[1]), GREEDY, deadline=time.time() + 0.05)
+            await collect(
+                engine,
+                "late",
+                engine.text_prompt(PROMPTS[1]),
+                GREEDY,
+                tier_rank=2,
+                deadline=time.time() + 0.05,
+            )
         return (await busy)[0]
 
     busy_tokens = asyncio.run(main())
