@@ -144,6 +144,9 @@ class LLMDeployment:
                 await events.put(
                     LLMEvent(index, error=str(exc), error_param=param, error_code="context_length_exceeded")
                 )
+            except Exception as exc:  # the engine failed: an explicit 503, never a silent end
+                log.exception("%s: generation failed", self.spec.name)
+                await events.put(LLMEvent(index, deadline_exceeded=True, error=f"generation failed: {exc}"))
             finally:
                 await events.put(_DONE)
 
