@@ -47,7 +47,7 @@ class ServedModel:
 
     async def recent_info(self, max_age_s: float) -> dict[str, Any]:
         """The card, asked of the deployment only when the last answer is older than `max_age_s`."""
-        if not self.card or time.monotonic() - self.card_at > max_age_s:
+        if not self.card or time.monotonic() - self.card_at >= max_age_s:
             return await self.info()
         return self.card
 

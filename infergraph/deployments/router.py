@@ -27,7 +27,7 @@ from infergraph.deployments.tenants import TenantRegistry, TenantsConfig
 from infergraph.protocol.common import Job, ModelCard
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
-CARD_MAX_AGE_S = 1.0  # /v1/models answers from cards at most this old
+CARD_MAX_AGE_S = 1.0  # GET /v1/models (all models) answers from cards at most this old
 ENDPOINTS = endpoints_by_path()
 
 app = FastAPI(
@@ -161,10 +161,10 @@ class Router:
         if not self.gateway.tenants.is_admin(request.headers.get("authorization")):
             raise ApiError(401, "this endpoint needs the admin key", code="invalid_api_key")
 
-    async def card(self, name: str) -> ModelCard:
-        """From the deployment, at most `CARD_MAX_AGE_S` old: live changes show up, and a flood of
-        listings does not fan out to the replicas."""
-        return ModelCard(created=self.started, **await self.gateway.models[name].recent_info(CARD_MAX_AGE_S))
+    async def card(self, name: str, max_age_s: float = 0.0) -> ModelCard:
+        """From the deployment, at most `max_age_s` old (0: asked now, so live changes show up)."""
+        info = await self.gateway.models[name].recent_info(max_age_s)
+        return ModelCard(created=self.started, **info)
 
     # --- routes -----------------------------------------------------------------------------------
     @app.post("/{path:path}", include_in_schema=False)
@@ -189,7 +189,8 @@ class Router:
     @app.get("/v1/models")
     async def list_models(self, request: Request) -> dict[str, Any]:
         self.gateway.authenticate(request.headers.get("authorization"))
-        cards = [await self.card(name) for name in sorted(self.gateway.models)]
+        # The listing fans out to every model: a flood of it must not load the replicas.
+        cards = [await self.card(name, CARD_MAX_AGE_S) for name in sorted(self.gateway.models)]
         return {"object": "list", "data": [c.model_dump() for c in cards]}
 
     @app.get("/v1/models/{model}")
