@@ -462,14 +462,7 @@ def log_to_mlflow(summary: dict[str, Any], files: list[Path], tracking_uri: str,
     from infergraph.optimize import tracking
 
     client = tracking.connect(tracking_uri, artifact_root)
-    found = client.get_experiment_by_name(EXPERIMENT)
-    experiment = (
-        found.experiment_id
-        if found is not None
-        else client.create_experiment(
-            EXPERIMENT, artifact_location=(artifact_root / EXPERIMENT).resolve().as_uri()
-        )
-    )
+    experiment = tracking.named_experiment(client, EXPERIMENT, artifact_root / EXPERIMENT)
     s = summary["settings"]
     with mlflow.start_run(
         experiment_id=experiment, run_name=f"llm_study{' --quick' if s['quick'] else ''}"

@@ -33,12 +33,17 @@ def connect(tracking_uri: str, artifact_root: Path) -> MlflowClient:
 
 def experiment_for(client: MlflowClient, model: str, artifact_root: Path) -> str:
     """The model's experiment, created with its artifacts under `artifact_root/<model>`."""
-    name = f"optimize/{model}"
+    return named_experiment(client, f"optimize/{model}", artifact_root / model, {"model": model})
+
+
+def named_experiment(
+    client: MlflowClient, name: str, artifacts: Path, tags: dict[str, str] | None = None
+) -> str:
+    """The experiment `name`, created with its artifacts under `artifacts` when it does not exist."""
     found = client.get_experiment_by_name(name)
     if found is not None:
         return str(found.experiment_id)
-    location = (artifact_root / model).resolve().as_uri()
-    return str(client.create_experiment(name, artifact_location=location, tags={"model": model}))
+    return str(client.create_experiment(name, artifact_location=artifacts.resolve().as_uri(), tags=tags))
 
 
 def log_variant(result: VariantResult, report: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from infergraph.files import atomic_dir, atomic_file
 from infergraph.runtimes.artifact import MANIFEST, Manifest, tokenizer_sources, write_artifact
+from infergraph.runtimes.engines.onnx_engine import quantize_int8
 
 log = logging.getLogger(__name__)
 
@@ -52,28 +53,8 @@ def graph_optimized(onnx_path: Path, out_dir: Path) -> Path:
 
 
 def dynamic_int8(onnx_path: Path, out_dir: Path, per_channel: bool = True) -> Path:
-    """Quantise `onnx_path` into `out_dir` once; reuse it after.
-
-    ONNX Runtime's `quantize_dynamic` (the engine under optimum's ORTQuantizer, called directly
-    because the fused graph's contrib ops need `DefaultTensorType`, which optimum does not pass).
-    Signed int8 weights per output channel, unsigned int8 activations: the AVX2 kernels' layout.
-    """
-    target = out_dir / INT8_FILE
-    if target.exists():
-        return target
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    log.info("dynamic INT8 of %s -> %s", onnx_path, out_dir)
-    with atomic_file(target) as tmp:
-        quantize_dynamic(
-            str(onnx_path),
-            str(tmp),
-            per_channel=per_channel,
-            weight_type=QuantType.QInt8,
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
-    return target
+    """Quantise `onnx_path` into `out_dir` once (ONNX Runtime dynamic INT8); reuse it after."""
+    return quantize_int8(onnx_path, out_dir / INT8_FILE, per_channel)
 
 
 def float16(onnx_path: Path, out_dir: Path) -> Path:

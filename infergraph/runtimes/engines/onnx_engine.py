@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from infergraph.files import atomic_dir
+from infergraph.files import atomic_dir, atomic_file
 from infergraph.runtimes.engines.base import mean_pool_normalize
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,30 @@ def export_onnx(model_dir: Path, out_dir: Path, opset: int = 18, task: str = "fe
             opset=opset,
             do_validation=False,
             device="cpu",
+        )
+    return target
+
+
+def quantize_int8(onnx_path: Path, target: Path, per_channel: bool = True) -> Path:
+    """ONNX Runtime dynamic INT8 of `onnx_path` into `target`, once (atomically); reused after.
+
+    Called directly rather than through optimum's ORTQuantizer because fused graphs' contrib ops
+    need `DefaultTensorType`, which optimum does not pass. Signed int8 weights (per output channel
+    by default), unsigned int8 activations: the layout of ONNX Runtime's AVX2/AVX-512 kernels.
+    """
+    if target.exists():
+        return target
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    log.info("dynamic INT8 of %s -> %s (one time)", onnx_path, target)
+    with atomic_file(target) as tmp:
+        quantize_dynamic(
+            str(onnx_path),
+            str(tmp),
+            per_channel=per_channel,
+            weight_type=QuantType.QInt8,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
     return target
 

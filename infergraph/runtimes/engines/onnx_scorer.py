@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from infergraph.files import atomic_file
 from infergraph.runtimes.engines.onnx_engine import cpu_session, export_onnx
+from infergraph.runtimes.engines.onnx_engine import quantize_int8 as quantize_onnx_int8
 
 log = logging.getLogger(__name__)
 
@@ -27,27 +27,8 @@ def export_classifier(model_dir: Path, out_dir: Path, opset: int = 18) -> Path:
 
 
 def quantize_int8(onnx_path: Path) -> Path:
-    """Dynamic INT8 of `onnx_path`, next to it; made once.
-
-    Signed int8 weights per output channel, unsigned int8 activations: the layout of ONNX Runtime's
-    AVX2/AVX-512 kernels, and what the optimize pipeline's `onnx-int8` encoder variants use.
-    """
-    target = onnx_path.with_name(INT8_FILE)
-    if target.exists():
-        return target
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    log.info("dynamic INT8 of %s (one time)", onnx_path)
-    with atomic_file(target) as tmp:
-        quantize_dynamic(
-            str(onnx_path),
-            str(tmp),
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
-    return target
+    """Dynamic INT8 (per channel) of `onnx_path`, next to it; made once."""
+    return quantize_onnx_int8(onnx_path, onnx_path.with_name(INT8_FILE))
 
 
 class OnnxScorer:
