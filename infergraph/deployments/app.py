@@ -11,7 +11,7 @@ from ray.serve import Application
 from infergraph.deployments.admission import AdmissionConfig
 from infergraph.deployments.context import BuildContext
 from infergraph.deployments.kinds import KINDS
-from infergraph.deployments.router import DEFAULT_MAX_BODY_BYTES, Router
+from infergraph.deployments.router import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_UPLOAD_BYTES, Router
 from infergraph.deployments.tenants import load_tenants
 from infergraph.paths import absolute_tracking_uri, launch_root, project_path
 from infergraph.runtimes.catalog import Catalog, load_catalog
@@ -37,6 +37,10 @@ class AppArgs(BaseModel):
     tenants: str = "configs/tenants.yaml"
     admission: AdmissionConfig = AdmissionConfig()
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    model_admission: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="per model: AdmissionConfig fields over `admission` and its kind's"
+    )
     registry: RegistryArgs = RegistryArgs()
 
 
@@ -60,6 +64,11 @@ def build_app(args: dict[str, Any]) -> Application:
         tenants=tenants.model_dump(mode="json"),
         admission=opts.admission.model_dump(),
         max_body_bytes=opts.max_body_bytes,
+        max_upload_bytes=opts.max_upload_bytes,
+        model_admission={
+            name: {**KINDS[catalog.get(name).kind].admission, **opts.model_admission.get(name, {})}
+            for name in bound
+        },
     )
 
 

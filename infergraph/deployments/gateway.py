@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -65,6 +65,7 @@ class Endpoint(Generic[Req, Res]):
     streams: ClassVar[bool] = False  # True: answered from a stream of events (`completion`)
     kinds: ClassVar[tuple[str, ...]]  # catalog kinds that serve it
     request_type: ClassVar[type[BaseModel]]
+    body: ClassVar[Literal["json", "multipart"]] = "json"  # how the router reads the request body
 
     async def check(self, req: Req, model: ServedModel) -> None:
         """Per-model checks the schema cannot make (dimensions, limits); raise ApiError."""
@@ -76,6 +77,9 @@ class Endpoint(Generic[Req, Res]):
     def payload(self, req: Req, result: Res, path: str) -> bytes:
         raise NotImplementedError
 
+    def media_type(self, req: Req) -> str:
+        return "application/json"
+
     def completion(self, req: Req) -> Completion:
         """Streaming kinds: the response being assembled from the replica's events."""
         raise NotImplementedError
@@ -85,6 +89,7 @@ class Endpoint(Generic[Req, Res]):
 class Answer:
     body: bytes
     headers: dict[str, str]
+    media_type: str = "application/json"
 
 
 @dataclass
@@ -170,7 +175,7 @@ class Gateway:
             raise rejection_error(rejection) from None
         if result.error:
             self.metrics.client_error(model.name, tier.value, name)
-            raise ApiError(400, result.error, result.error_param, result.error_code)
+            raise ApiError(result.error_status, result.error, result.error_param, result.error_code)
         finished = self.clock()
         model.queue.observe_compute(ticket.units, result.compute_s)
         tenant.record_tokens(result.usage_tokens, finished)
@@ -190,7 +195,7 @@ class Gateway:
             "x-infergraph-router-ms": f"{(finished - started) * 1000:.2f}",
             "x-infergraph-body-ms": f"{(body_read - started) * 1000:.2f}",
         }
-        return Answer(endpoint.payload(req, result, path), headers)
+        return Answer(endpoint.payload(req, result, path), headers, endpoint.media_type(req))
 
     # --- streamed kinds (LLM) ---------------------------------------------------------------------
     async def _generate(

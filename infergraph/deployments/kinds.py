@@ -19,6 +19,7 @@ from infergraph.deployments.encoder import EmbeddingsEndpoint, bind_encoder
 from infergraph.deployments.gateway import Endpoint
 from infergraph.deployments.llm import ChatCompletionsEndpoint, CompletionsEndpoint, bind_llm
 from infergraph.deployments.reranker import RerankEndpoint, bind_reranker, rerank_encoders
+from infergraph.deployments.speech import TranscriptionsEndpoint, TranslationsEndpoint, bind_speech
 from infergraph.runtimes.catalog import ModelSpec
 
 Bind = Callable[[ModelSpec, BuildContext, dict[str, Application]], Application]
@@ -32,6 +33,17 @@ class Kind:
     calls: Callable[[ModelSpec], list[str]] = field(
         default=lambda spec: []
     )  # models it calls through handles
+    admission: dict[str, Any] = field(default_factory=dict)  # the kind's own AdmissionConfig defaults
+
+
+# Speech is metered in audio seconds and its replica orders windows by tier and deadline itself, so
+# the router lets much more out at once than for text; a long upload goes out alone, in its own call.
+SPEECH_ADMISSION = {
+    "max_in_flight_per_replica": 36_000,
+    "max_calls_per_replica": 16,
+    "max_group_units": 120,
+    "max_group_requests": 8,
+}
 
 
 KINDS: dict[str, Kind] = {
@@ -40,6 +52,12 @@ KINDS: dict[str, Kind] = {
         Kind("text-encoder", (EmbeddingsEndpoint(),), bind_encoder),
         Kind("reranker", (RerankEndpoint(),), bind_reranker, calls=rerank_encoders),
         Kind("llm", (ChatCompletionsEndpoint(), CompletionsEndpoint()), bind_llm),
+        Kind(
+            "speech-to-text",
+            (TranscriptionsEndpoint(), TranslationsEndpoint()),
+            bind_speech,
+            admission=SPEECH_ADMISSION,
+        ),
     )
 }
 

@@ -22,8 +22,7 @@ from ray.serve import Application
 
 from infergraph.deployments.context import BuildContext
 from infergraph.deployments.gateway import Endpoint
-from infergraph.deployments.variants import alias_version
-from infergraph.paths import absolute_tracking_uri
+from infergraph.deployments.variants import promoted_tags
 from infergraph.protocol.common import Job
 from infergraph.protocol.llm import ChatCompletionRequest, Completion, CompletionRequest, LLMEvent, LLMWork
 from infergraph.runtimes.catalog import ModelSpec
@@ -37,19 +36,8 @@ _DONE = object()
 def promoted_precision(name: str, tracking_uri: str) -> tuple[str | None, str]:
     """The precision `python -m infergraph.optimize.llm` promoted (`models:/<name>@production`, the
     version's `precision` tag), and how it was found; None when the registry has no such entry."""
-    requested = f"models:/{name}@production"
-    try:
-        version = alias_version(requested, tracking_uri) if tracking_uri else None
-        if version is None:
-            return None, f"no registry entry {requested}: the catalog's precision"
-        from mlflow import MlflowClient
-
-        uri = absolute_tracking_uri(tracking_uri)
-        tags = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version(name, version).tags
-    except Exception as exc:  # an unreadable store must not stop the model from serving
-        return None, f"registry not readable ({exc}): the catalog's precision"
-    precision = tags.get("precision")
-    return precision, f"models:/{name}/{version}"
+    tags, reason = promoted_tags(name, tracking_uri)
+    return (tags or {}).get("precision"), reason if tags else f"{reason}: the catalog's precision"
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.8}, max_ongoing_requests=1024)

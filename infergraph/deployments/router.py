@@ -16,6 +16,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
 
 from infergraph.deployments.admission import AdmissionConfig, ModelQueue, Ticket
 from infergraph.deployments.errors import ApiError, install_error_handlers
@@ -27,6 +29,7 @@ from infergraph.deployments.tenants import TenantRegistry, TenantsConfig
 from infergraph.protocol.common import Job, ModelCard
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # multipart uploads (audio); OpenAI's limit
 CARD_MAX_AGE_S = 1.0  # GET /v1/models (all models) answers from cards at most this old
 ENDPOINTS = endpoints_by_path()
 
@@ -46,7 +49,8 @@ def _openapi() -> dict[str, Any]:
         schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
         schema["paths"].pop("/{path}", None)
         for path, endpoint in ENDPOINTS.items():
-            body = {"content": {"application/json": {"schema": endpoint.request_type.model_json_schema()}}}
+            media = "multipart/form-data" if endpoint.body == "multipart" else "application/json"
+            body = {"content": {media: {"schema": endpoint.request_type.model_json_schema(by_alias=True)}}}
             schema["paths"][path] = {"post": {"summary": path, "requestBody": body}}
         app.openapi_schema = schema
     return app.openapi_schema
@@ -55,8 +59,8 @@ def _openapi() -> dict[str, Any]:
 app.openapi = _openapi  # type: ignore[method-assign]
 
 
-async def read_json_body(request: Request, limit: int) -> Any:
-    """Parse the JSON body, refusing more than `limit` bytes before reading them all."""
+async def read_bounded(request: Request, limit: int) -> bytes:
+    """The body, refusing more than `limit` bytes before reading them all."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"request body is {declared} bytes; the limit is {limit}", code="body_too_large")
@@ -66,10 +70,47 @@ async def read_json_body(request: Request, limit: int) -> Any:
         if size > limit:
             raise ApiError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_json_body(request: Request, limit: int) -> Any:
+    body = await read_bounded(request, limit)
     try:
-        return orjson.loads(b"".join(chunks))
+        return orjson.loads(body)
     except orjson.JSONDecodeError:
         raise ApiError(400, "request body is not valid JSON", code="invalid_json") from None
+
+
+async def read_form_body(request: Request, limit: int) -> dict[str, Any]:
+    """A multipart/form-data body as a dict: the file part as `{filename, content_type, data}`, other
+    fields as strings (lists for repeated `name[]` fields). Parsed by Starlette's multipart parser
+    from the bounded bytes."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise ApiError(400, "this endpoint takes multipart/form-data", code="invalid_content_type")
+    body = await read_bounded(request, limit)
+
+    async def stream() -> AsyncGenerator[bytes, None]:
+        yield body
+
+    try:
+        form = await MultiPartParser(request.headers, stream(), max_files=1, max_fields=32).parse()
+    except MultiPartException as exc:
+        raise ApiError(
+            400, f"the multipart body could not be parsed: {exc.message}", code="invalid_multipart"
+        ) from None
+    fields: dict[str, Any] = {}
+    for key, value in form.multi_items():
+        if isinstance(value, UploadFile):
+            fields[key] = {
+                "filename": value.filename or "audio",
+                "content_type": value.content_type,
+                "data": await value.read(),
+            }
+        elif key.endswith("[]"):
+            fields.setdefault(key, []).append(value)
+        else:
+            fields[key] = value
+    return fields
 
 
 def requested_deadline_ms(request: Request) -> float | None:
@@ -130,18 +171,24 @@ class Router:
         tenants: dict[str, Any],
         admission: dict[str, Any] | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+        model_admission: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         registry = TenantRegistry(TenantsConfig.model_validate(tenants))
         metrics = RouterMetrics(registry.config.price_per_replica_hour)
         self.admission = AdmissionConfig.model_validate(admission or {})
         served = {}
         for name, handle in models.items():
-            queue = model_queue(handle, registry.config.tiers, self.admission)
+            own = (model_admission or {}).get(name, {})
+            config = self.admission.model_copy(
+                update=AdmissionConfig.model_validate(own).model_dump(exclude_unset=True)
+            )
+            queue = model_queue(handle, registry.config.tiers, config)
             metrics.watch_queue(name, queue)
             opener = stream_opener(handle) if kind_streams(kinds[name]) else None
             served[name] = ServedModel(name, kinds[name], queue, handle.info.remote, open_stream=opener)
         self.gateway = Gateway(registry, metrics, served)
-        self.max_body_bytes = max_body_bytes
+        self.max_body_bytes, self.max_upload_bytes = max_body_bytes, max_upload_bytes
         self.started = int(time.time())
         self._replica_counts: asyncio.Task | None = None
 
@@ -175,16 +222,16 @@ class Router:
         endpoint = ENDPOINTS.get(route)
         if endpoint is None:
             raise ApiError(404, f"no endpoint POST {route}; see /docs", code="not_found")
+        if endpoint.body == "multipart":
+            read_body = lambda: read_form_body(request, self.max_upload_bytes)  # noqa: E731
+        else:
+            read_body = lambda: read_json_body(request, self.max_body_bytes)  # noqa: E731
         answer = await self.gateway.serve(
-            endpoint,
-            route,
-            request.headers.get("authorization"),
-            lambda: read_json_body(request, self.max_body_bytes),
-            requested_deadline_ms(request),
+            endpoint, route, request.headers.get("authorization"), read_body, requested_deadline_ms(request)
         )
         if isinstance(answer, StreamAnswer):
             return StreamingResponse(answer.chunks, media_type="text/event-stream", headers=answer.headers)
-        return Response(answer.body, media_type="application/json", headers=answer.headers)
+        return Response(answer.body, media_type=answer.media_type, headers=answer.headers)
 
     @app.get("/v1/models")
     async def list_models(self, request: Request) -> dict[str, Any]:

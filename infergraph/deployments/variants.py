@@ -113,6 +113,27 @@ def alias_version(uri: str, tracking_uri: str) -> str | None:
         raise
 
 
+def promoted_tags(
+    name: str, tracking_uri: str, alias: str = "production"
+) -> tuple[dict[str, str] | None, str]:
+    """The tags of the version `models:/<name>@<alias>` points at (kinds whose variants are settings,
+    not files: the LLM's precision, the speech engine), and where they came from; None and the
+    reason when there is no such entry or the store cannot be read (the model then serves its
+    catalog settings: an unreadable store must not stop it from serving)."""
+    requested = f"models:/{name}@{alias}"
+    try:
+        version = alias_version(requested, tracking_uri) if tracking_uri else None
+        if version is None:
+            return None, f"no registry entry {requested}"
+        from mlflow import MlflowClient
+
+        uri = absolute_tracking_uri(tracking_uri)
+        tags = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version(name, version).tags
+    except Exception as exc:
+        return None, f"registry not readable ({exc})"
+    return dict(tags), f"models:/{name}/{version}"
+
+
 def resolve_variant(
     spec_name: str,
     variant: str,

@@ -45,6 +45,7 @@ class Outcome:
     error: str | None = None  # a client error (400): the input, not the service
     error_param: str | None = None
     error_code: str = "invalid_request"
+    error_status: int = 400  # 413 when the input is over a limit the router could not see
     deadline_exceeded: bool = False  # refused in the replica's queue: an overload, not a client error
     usage_tokens: int = 0
     batch_size: int = 0  # units (sentences, pairs) in the batch it was computed in
@@ -75,6 +76,8 @@ class ModelCard(BaseModel):
     variant_error: str | None = Field(
         None, description="the last variant change that failed (the old one serves)"
     )
+    max_audio_s: float | None = Field(None, description="speech-to-text: longest upload (413 beyond)")
+    multilingual: bool | None = Field(None, description="speech-to-text: detects languages and translates")
     scorer: dict[str, Any] | None = Field(None, description="re-rankers: how documents are scored")
     batching: dict[str, Any] = {}
     stats: dict[str, int] = {}

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from infergraph.runtimes.llm.spec import LLMSpec
 from infergraph.runtimes.sources import HubSource, PackageSource, PathSource, Source, cache_root
+from infergraph.runtimes.speech.spec import SpeechSpec
 
 
 class EncoderSpec(BaseModel):
@@ -70,7 +71,7 @@ class RerankerSpec(BaseModel):
     description: str = ""
 
 
-ModelSpec = EncoderSpec | RerankerSpec | LLMSpec  # any catalog entry
+ModelSpec = EncoderSpec | RerankerSpec | LLMSpec | SpeechSpec  # any catalog entry
 ModelEntry = Annotated[ModelSpec, Field(discriminator="kind")]
 
 
