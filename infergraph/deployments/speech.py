@@ -62,7 +62,9 @@ class SpeechDeployment:
                 self.variant_reason = f"{reason}: {self.variant_reason}"
         threads = int(os.environ.get("INFERGRAPH_ENGINE_THREADS", os.cpu_count() or 1))
         self.engine = load_speech_engine(self.spec, threads=threads)
-        self.transcriber = Transcriber(self.engine, self.spec.max_windows_per_pass)
+        self.transcriber = Transcriber(
+            self.engine, self.spec.max_windows_per_pass, express_lane=self.spec.express_lane
+        )
         # Decoding and voice detection run beside the engine thread, one request at a time.
         self.prepare_pool = ThreadPoolExecutor(1, thread_name_prefix="speech-prepare")
         self.requests = self.refused = 0

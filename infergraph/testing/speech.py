@@ -29,10 +29,14 @@ def ensure_festival() -> str:
         return found
     if os.geteuid() == 0 and shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "install", "-y", "-q", *PACKAGES], check=True, env=env, capture_output=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", *PACKAGES], check=True, env=env, capture_output=True
+        )
         found = shutil.which("text2wave")
     if not found:
-        raise RuntimeError(f"festival is needed for speech with known text: apt-get install {' '.join(PACKAGES)}")
+        raise RuntimeError(
+            f"festival is needed for speech with known text: apt-get install {' '.join(PACKAGES)}"
+        )
     return found
 
 
@@ -58,13 +62,15 @@ def encode(audio: np.ndarray, fmt: str, rate: int = 16_000) -> bytes:
     """float32 mono at `rate` -> a file in `fmt` (wav, flac, ogg (Opus), mp3)."""
     buffer = io.BytesIO()
     with av.open(buffer, "w", format=fmt) as container:
-        stream = container.add_stream(FORMATS[fmt], rate=48_000 if fmt == "ogg" else rate, layout="mono")
+        stream: av.AudioStream = container.add_stream(  # type: ignore[assignment]
+            FORMATS[fmt], rate=48_000 if fmt == "ogg" else rate, layout="mono"
+        )
         frame = av.AudioFrame.from_ndarray(
             (np.clip(audio, -1, 1) * 32767).astype(np.int16)[None, :], format="s16", layout="mono"
         )
         frame.sample_rate = rate
         codec = stream.codec_context
-        resampler = av.AudioResampler(format=codec.format.name, layout="mono", rate=codec.sample_rate)
+        resampler = av.AudioResampler(format=codec.format, layout="mono", rate=codec.sample_rate)
         for resampled in [*resampler.resample(frame), *resampler.resample(None)]:
             container.mux(stream.encode(resampled))
         container.mux(stream.encode(None))

@@ -4,7 +4,12 @@
 import numpy as np
 import pytest
 
-from infergraph.protocol.audio import Segment, TranscriptionRequest, TranscriptionResult, transcription_payload
+from infergraph.protocol.audio import (
+    Segment,
+    TranscriptionRequest,
+    TranscriptionResult,
+    transcription_payload,
+)
 from infergraph.runtimes.speech.audio import AudioError, decode, probe
 from infergraph.runtimes.speech.windows import speech_windows
 from infergraph.testing.speech import encode, silence, synthesize, synthesize_wav
@@ -110,7 +115,8 @@ def test_response_formats():
 
 
 def test_form_fields_parse_as_openai_sends_them():
-    req = _request("verbose_json", temperature="0.2", language="EN", **{"timestamp_granularities[]": ["segment"]})
+    granularities = {"timestamp_granularities[]": ["segment"]}
+    req = _request("verbose_json", temperature="0.2", language="EN", **granularities)
     assert req.temperature == 0.2 and req.language == "en"
     for bad in ({"temperature": "hot"}, {"language": "english!"}, {"response_format": "xml"}, {"speed": "1"}):
         with pytest.raises(ValueError):

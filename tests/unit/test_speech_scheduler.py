@@ -54,6 +54,30 @@ def test_premium_rides_the_next_pass_not_behind_a_long_batch_request():
     scheduler.close()
 
 
+def test_with_an_express_lane_premium_starts_beside_a_running_bulk_pass():
+    engine = RecordingEngine(pass_s=0.5)
+    scheduler = WindowScheduler(engine, max_windows=4, express_lane=True)
+    bulk = scheduler.submit(windows("b", 8), rank=2)
+    time.sleep(0.05)  # the first bulk pass is running
+    sent = time.perf_counter()
+    outputs, _ = scheduler.submit(windows("p", 1), rank=0).result(timeout=5)
+    assert time.perf_counter() - sent < 0.75  # its own pass, not the bulk pass's remainder first
+    assert outputs[0].segments[0].text == "p0"
+    bulk.result(timeout=5)
+    assert ["p0"] in engine.passes
+    assert all("p0" not in p for p in engine.passes if p != ["p0"])
+    scheduler.close()
+
+
+def test_the_express_lane_leaves_bulk_work_alone():
+    engine = RecordingEngine(pass_s=0.2)
+    scheduler = WindowScheduler(engine, max_windows=2, express_lane=True)
+    scheduler.submit(windows("b", 6), rank=2).result(timeout=5)
+    scheduler.submit(windows("s", 2), rank=1).result(timeout=5)
+    assert engine.passes == [["b0", "b1"], ["b2", "b3"], ["b4", "b5"], ["s0", "s1"]]  # one lane: in order
+    scheduler.close()
+
+
 def test_windows_from_different_requests_share_a_pass_and_come_back_in_order():
     engine = RecordingEngine()
     scheduler = WindowScheduler(engine, max_windows=8)

@@ -2,9 +2,12 @@
 thread runs them in passes of up to `max_windows` (one batched encoder + decoder call each).
 
 Each pass takes the most urgent windows first (tier rank, then deadline, then arrival), so a premium
-3 s clip waits at most for the pass already running, never behind the rest of a batch-tier hour. A
-request whose deadline passes before any of its windows started is refused and costs nothing; once
-started, it is finished (an accepted request is answered).
+clip never waits behind the rest of a batch-tier hour. With `express_lane`, a second engine thread
+takes premium windows only: a premium clip starts at once, beside the bulk pass already running (the
+two share the cores for that moment), instead of waiting for it (seconds, for 8 windows of 30 s).
+The lane idles when no premium work waits, so bulk keeps every core. A request whose deadline passes
+before any of its windows started is refused and costs nothing; once started, it is finished (an
+accepted request is answered).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ class WindowScheduler:
         self,
         engine: SpeechEngine,
         max_windows: int = 8,
+        express_lane: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.engine, self.max_windows, self.clock = engine, max_windows, clock
@@ -64,8 +68,13 @@ class WindowScheduler:
         self._seq = itertools.count()
         self._wake = threading.Condition()
         self._closed = False
-        self._thread = threading.Thread(target=self._loop, name="speech-engine", daemon=True)
-        self._thread.start()
+        lanes = [(False, "speech-engine")] + ([(True, "speech-express")] if express_lane else [])
+        self._threads = [
+            threading.Thread(target=self._loop, args=(premium_only,), name=name, daemon=True)
+            for premium_only, name in lanes
+        ]
+        for thread in self._threads:
+            thread.start()
 
     def submit(
         self, windows: Sequence[WindowInput], rank: int = 1, deadline: float = float("inf")
@@ -80,7 +89,7 @@ class WindowScheduler:
             seq = next(self._seq)
             for i in range(len(windows)):
                 heapq.heappush(self._heap, _Item(rank, deadline, seq, i, request))
-            self._wake.notify()
+            self._wake.notify_all()
         return request.future
 
     def queued_windows(self) -> int:
@@ -90,16 +99,19 @@ class WindowScheduler:
     def close(self) -> None:
         with self._wake:
             self._closed = True
-            self._wake.notify()
-        self._thread.join(timeout=5)
+            self._wake.notify_all()
+        for thread in self._threads:
+            thread.join(timeout=5)
 
     # --- the engine thread -------------------------------------------------------------------------
-    def _next_pass(self) -> list[_Item]:
+    def _next_pass(self, premium_only: bool) -> list[_Item]:
         with self._wake:
-            while not self._heap and not self._closed:
+            while not self._closed and not (self._heap and (self._heap[0].rank == 0 or not premium_only)):
                 self._wake.wait()
             now, chosen = self.clock(), list[_Item]()
             while self._heap and len(chosen) < self.max_windows:
+                if premium_only and self._heap[0].rank != 0:
+                    break
                 item = heapq.heappop(self._heap)
                 if item.request.future.done():
                     continue  # refused or failed: its other windows go too
@@ -111,27 +123,32 @@ class WindowScheduler:
                 chosen.append(item)
             return chosen
 
-    def _loop(self) -> None:
+    def _loop(self, premium_only: bool) -> None:
         while not self._closed:
-            chosen = self._next_pass()
+            chosen = self._next_pass(premium_only)
             if not chosen:
                 continue
             began = time.perf_counter()
             try:
                 outputs = self.engine.transcribe([it.request.windows[it.index] for it in chosen])
             except Exception as exc:  # the pass failed: its requests are answered with the error
-                for it in chosen:
-                    if not it.request.future.done():
-                        it.request.future.set_exception(exc)
+                with self._wake:
+                    for it in chosen:
+                        if not it.request.future.done():
+                            it.request.future.set_exception(exc)
                 continue
             took = time.perf_counter() - began
-            self.stats.passes += 1
-            self.stats.windows += len(chosen)
-            self.stats.busy_s += took
-            for it, out in zip(chosen, outputs, strict=True):
-                request = it.request
-                request.outputs[it.index] = out
-                request.compute_s += took / len(chosen)
-                if len(request.outputs) == len(request.windows) and not request.future.done():
-                    ordered = [request.outputs[i] for i in range(len(request.windows))]
-                    request.future.set_result((ordered, request.compute_s))
+            with self._wake:  # two lanes may finish windows of one request
+                self._record(chosen, outputs, took)
+
+    def _record(self, chosen: list[_Item], outputs: list[WindowOutput], took: float) -> None:
+        self.stats.passes += 1
+        self.stats.windows += len(chosen)
+        self.stats.busy_s += took
+        for it, out in zip(chosen, outputs, strict=True):
+            request = it.request
+            request.outputs[it.index] = out
+            request.compute_s += took / len(chosen)
+            if len(request.outputs) == len(request.windows) and not request.future.done():
+                ordered = [request.outputs[i] for i in range(len(request.windows))]
+                request.future.set_result((ordered, request.compute_s))

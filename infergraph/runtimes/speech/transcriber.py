@@ -41,9 +41,15 @@ class Prepared:
 
 
 class Transcriber:
-    def __init__(self, engine: SpeechEngine, max_windows_per_pass: int = 8, vad: bool = True) -> None:
+    def __init__(
+        self,
+        engine: SpeechEngine,
+        max_windows_per_pass: int = 8,
+        vad: bool = True,
+        express_lane: bool = False,
+    ) -> None:
         self.engine, self.vad = engine, vad
-        self.scheduler = WindowScheduler(engine, max_windows_per_pass)
+        self.scheduler = WindowScheduler(engine, max_windows_per_pass, express_lane)
 
     def check(self, options: DecodeOptions) -> None:
         """What this model cannot do, as a client error (400) before any work."""

@@ -1,0 +1,161 @@
+"""`POST /v1/audio/transcriptions` and `/translations` on the real service, through the official
+`openai` client where it can express the request: festival reads known text, Whisper writes it back."""
+
+import re
+import threading
+import time
+
+import httpx
+import jiwer
+import numpy as np
+import openai
+import pytest
+
+from infergraph.testing.speech import encode, silence, synthesize
+
+pytestmark = pytest.mark.integration
+
+TINY, BASE = "whisper-tiny.en", "whisper-base"
+SENTENCE = "The weather was cold and windy, so we stayed inside and read our books by the fire."
+SHORT = "Please turn off the lights in the kitchen."
+KEYS = {"premium": "sk-ig-demo-premium", "standard": "sk-ig-dev", "batch": "sk-ig-demo-batch"}
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    def norm(text: str) -> str:
+        return re.sub(r"[^a-z' ]+", " ", text.lower()).strip()
+
+    return jiwer.wer(norm(reference), norm(hypothesis))
+
+
+@pytest.fixture(scope="module")
+def speech() -> np.ndarray:
+    return synthesize(SENTENCE)
+
+
+@pytest.fixture(scope="module")
+def wav(speech) -> bytes:
+    return encode(speech, "wav")
+
+
+@pytest.fixture(scope="module")
+def client(service) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{service}/v1", api_key=KEYS["standard"], max_retries=0, timeout=120)
+
+
+def post(service: str, files: dict, data: dict, key: str = KEYS["standard"], path: str = "transcriptions"):
+    headers = {"Authorization": f"Bearer {key}"}
+    return httpx.post(f"{service}/v1/audio/{path}", files=files, data=data, headers=headers, timeout=120)
+
+
+def test_the_openai_client_transcribes_known_speech(client, wav):
+    result = client.audio.transcriptions.create(model=TINY, file=("speech.wav", wav, "audio/wav"))
+    assert wer(SENTENCE, result.text) <= 0.15, result.text
+
+
+@pytest.mark.parametrize("fmt", ["flac", "ogg", "mp3"])
+def test_compressed_uploads_give_the_same_words(client, speech, fmt):
+    data = encode(speech, fmt)
+    result = client.audio.transcriptions.create(model=TINY, file=(f"speech.{fmt}", data))
+    assert wer(SENTENCE, result.text) <= 0.15, (fmt, result.text)
+
+
+def test_verbose_json_has_segments_on_the_upload_time_line(client, speech):
+    audio = np.concatenate([silence(2.0), speech, silence(1.0), synthesize(SHORT)])
+    result = client.audio.transcriptions.create(
+        model=TINY, file=("two.wav", encode(audio, "wav")), response_format="verbose_json",
+        timestamp_granularities=["segment"],
+    )  # fmt: skip
+    assert result.language == "english"
+    assert result.duration == pytest.approx(len(audio) / 16000, abs=0.05)
+    assert result.segments, result
+    assert result.segments[0].start >= 1.5  # the leading silence is not speech
+    ends = [s.end for s in result.segments]
+    assert all(s.start < s.end for s in result.segments) and ends == sorted(ends)
+    assert ends[-1] <= result.duration + 0.01
+    assert wer(f"{SENTENCE} {SHORT}", result.text) <= 0.2, result.text
+
+
+def test_text_srt_and_vtt_formats(service, wav):
+    text = post(service, {"file": ("s.wav", wav)}, {"model": TINY, "response_format": "text"})
+    assert text.status_code == 200 and text.headers["content-type"].startswith("text/plain")
+    assert wer(SENTENCE, text.text) <= 0.15
+    srt = post(service, {"file": ("s.wav", wav)}, {"model": TINY, "response_format": "srt"}).text
+    assert re.match(r"1\n00:00:0\d,\d{3} --> 00:00:\d\d,\d{3}\n\S", srt), srt
+    vtt = post(service, {"file": ("s.wav", wav)}, {"model": TINY, "response_format": "vtt"}).text
+    assert vtt.startswith("WEBVTT\n\n00:00:0"), vtt
+
+
+def test_the_multilingual_model_detects_english_and_translates(client, wav):
+    result = client.audio.transcriptions.create(
+        model=BASE, file=("s.wav", wav), response_format="verbose_json"
+    )
+    assert result.language == "english" and wer(SENTENCE, result.text) <= 0.2, result.text
+    translated = client.audio.translations.create(model=BASE, file=("s.wav", wav))
+    assert wer(SENTENCE, translated.text) <= 0.3, translated.text
+
+
+def error_of(response: httpx.Response) -> dict:
+    body = response.json()
+    assert set(body) == {"error"} and {"message", "type", "param", "code"} <= set(body["error"])
+    return body["error"]
+
+
+def test_bad_uploads_are_refused_with_openai_errors_and_nothing_else_is_disturbed(
+    service, client, speech, wav
+):
+    flac = encode(speech, "flac")
+    long_silence = encode(silence(1801), "flac")  # over the 1,800 s limit, a few kB
+    cases = [
+        ({"file": ("a.wav", b"")}, {"model": TINY}, 400, "empty_file"),
+        ({"file": ("a.txt", b"not audio at all " * 50)}, {"model": TINY}, 400, "invalid_audio"),
+        ({"file": ("a.wav", wav[: len(wav) // 2])}, {"model": TINY}, 400, "truncated_audio"),
+        ({"file": ("a.flac", flac[: len(flac) // 2])}, {"model": TINY}, 400, "truncated_audio"),
+        ({"file": ("long.flac", long_silence)}, {"model": TINY}, 413, "audio_too_long"),
+        ({"file": ("a.wav", wav)}, {"model": TINY, "language": "fr"}, 400, "unsupported_language"),
+        ({"file": ("a.wav", wav)}, {"model": TINY, "response_format": "xml"}, 400, "invalid_request"),
+        ({"file": ("a.wav", wav)}, {"model": "no-such-model"}, 404, "model_not_found"),
+        ({"file": ("a.wav", wav)}, {"model": "all-MiniLM-L6-v2"}, 400, "model_not_supported"),
+        ({"prompt": (None, "no file part")}, {"model": TINY}, 400, "invalid_request"),
+    ]
+    for files, data, status, code in cases:
+        r = post(service, files, data)
+        assert (r.status_code, error_of(r)["code"]) == (status, code), (data, files.keys(), r.text)
+    word = post(service, {"file": ("a.wav", wav)}, {"model": TINY, "timestamp_granularities[]": "word"})
+    assert word.status_code == 400 and "word" in error_of(word)["message"]
+    translate = post(service, {"file": ("a.wav", wav)}, {"model": TINY}, path="translations")
+    assert (translate.status_code, error_of(translate)["code"]) == (400, "model_not_supported")
+    huge = post(service, {"file": ("big.wav", bytes(26 * 1024 * 1024))}, {"model": TINY})
+    assert (huge.status_code, error_of(huge)["code"]) == (413, "body_too_large")
+    as_json = httpx.post(
+        f"{service}/v1/audio/transcriptions", json={"model": TINY, "file": "x"},
+        headers={"Authorization": f"Bearer {KEYS['standard']}"},
+    )  # fmt: skip
+    assert as_json.status_code == 400 and error_of(as_json)["code"] == "invalid_content_type"
+    result = client.audio.transcriptions.create(model=TINY, file=("speech.wav", wav))
+    assert wer(SENTENCE, result.text) <= 0.15  # the replica lives on
+
+
+def test_a_premium_clip_is_answered_while_batch_tier_long_audio_is_transcribed(service, speech):
+    """A batch-tier upload of several minutes is being transcribed window by window; a premium clip
+    sent after it rides the next pass and comes back long before the batch answer."""
+    long_audio = encode(np.concatenate([speech, silence(0.7)] * 40), "flac")  # ~4.5 min of speech
+    clip = encode(synthesize(SHORT), "wav")
+    done: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def batch() -> None:
+        r = post(service, {"file": ("long.flac", long_audio)}, {"model": TINY}, key=KEYS["batch"])
+        assert r.status_code == 200, r.text
+        done["batch"] = time.perf_counter() - started
+
+    thread = threading.Thread(target=batch)
+    thread.start()
+    time.sleep(3.0)  # decoded, cut, and its first pass running
+    sent = time.perf_counter()
+    premium = post(service, {"file": ("clip.wav", clip)}, {"model": TINY}, key=KEYS["premium"])
+    premium_s = time.perf_counter() - sent
+    thread.join(timeout=300)
+    assert premium.status_code == 200 and wer(SHORT, premium.json()["text"]) <= 0.2, premium.text
+    assert "batch" in done, "the batch request did not finish"
+    assert sent - started + premium_s < done["batch"] - 2.0, (premium_s, done)
