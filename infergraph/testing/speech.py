@@ -1,61 +1,18 @@
-"""Speech with known text for the tests and benchmarks: Debian's festival (`us-slt` voice) reads it,
-PyAV encodes it to the formats clients upload (WAV, FLAC, OGG/Opus, MP3)."""
+"""Speech with known text for the tests and benchmarks: Debian's festival (`us-slt` voice) reads it
+(optimize/speech_data.py, which builds the WER set the same way), PyAV encodes it to the formats
+clients upload (WAV, FLAC, OGG/Opus, MP3)."""
 
 from __future__ import annotations
 
-import functools
 import io
-import os
-import shutil
-import subprocess
-import tempfile
 
 import av
 import numpy as np
 
-from infergraph.runtimes.speech.audio import decode
+from infergraph.optimize.speech_data import synthesise, synthesise_wav
 
-VOICE = "voice_cmu_us_slt_arctic_hts"
-PACKAGES = ("festival", "festvox-us-slt-hts")
 FORMATS = {"wav": "pcm_s16le", "flac": "flac", "ogg": "libopus", "mp3": "libmp3lame"}
-
-
-@functools.cache
-def ensure_festival() -> str:
-    """The path of `text2wave`, installing Debian's festival first where we may (root with apt-get:
-    the test command sets up a fresh machine by itself)."""
-    found = shutil.which("text2wave")
-    if found:
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(
-            ["apt-get", "install", "-y", "-q", *PACKAGES], check=True, env=env, capture_output=True
-        )
-        found = shutil.which("text2wave")
-    if not found:
-        raise RuntimeError(
-            f"festival is needed for speech with known text: apt-get install {' '.join(PACKAGES)}"
-        )
-    return found
-
-
-def synthesize_wav(text: str) -> bytes:
-    """`text` read aloud by festival's us-slt voice, as WAV bytes (16-bit, the voice's own rate)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        source, target = os.path.join(tmp, "in.txt"), os.path.join(tmp, "out.wav")
-        with open(source, "w") as f:
-            f.write(text)
-        subprocess.run(
-            [ensure_festival(), "-eval", f"({VOICE})", source, "-o", target], check=True, capture_output=True
-        )
-        with open(target, "rb") as f:
-            return f.read()
-
-
-def synthesize(text: str) -> np.ndarray:
-    """`text` read aloud, as float32 mono at 16 kHz."""
-    return decode(synthesize_wav(text))
+synthesize, synthesize_wav = synthesise, synthesise_wav  # festival reads known text
 
 
 def encode(audio: np.ndarray, fmt: str, rate: int = 16_000) -> bytes:
