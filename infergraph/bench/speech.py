@@ -1,14 +1,15 @@
 """Speech-to-text side by side in one run on this machine: infergraph's service against faster-whisper
 used directly on the same CTranslate2 weights, greedy, English, no temperature fallback.
 
-    uv run python -m infergraph.bench.speech                 # tiny.en int8 (~4 min on 2 cores)
+    uv run python -m infergraph.bench.speech                 # tiny.en int8, 3 rounds (~12 min on 2 cores)
     uv run python -m infergraph.bench.speech --precision fp32
 
 Clips are read aloud by festival from known sentences (optimize/speech_data.py picks them), several
-sentences per clip with 0.6 s pauses, lengths mixed from ~4 s to ~80 s. Measured, each system alone on
-the machine:
+sentences per clip with 0.6 s pauses, lengths mixed from ~5 s to ~140 s. Each system runs alone on the
+machine, alternated over `--rounds` rounds (default 3: this box's speed drifts by 10% between
+minutes); the table shows medians. Measured:
 
-1. Real-time factor (compute seconds per audio second) of one ~30 s clip, median of 3: faster-whisper
+1. Real-time factor (compute seconds per audio second) of one 30 s clip, median of 3: faster-whisper
    `WhisperModel.transcribe` in process; infergraph through HTTP (everything a client waits for).
 2. Aggregate audio seconds per second over all clips: faster-whisper one clip at a time (its plain
    `transcribe`, and its `BatchedInferencePipeline`, which cuts at silences and batches one clip's
@@ -68,7 +69,7 @@ class Clip:
 
 
 def build_clips(count: int, console: Console) -> tuple[list[Clip], Clip]:
-    """`count` clips of mixed length, and one of ~30 s for the real-time factor (cached as .npz)."""
+    """`count` clips of mixed length, and one of 30 s for the real-time factor (cached as .npz)."""
     path = cache_root() / "bench" / "speech" / f"clips-{count}.npz"
     lengths = [CLIP_SENTENCES[i % len(CLIP_SENTENCES)] for i in range(count)] + [6]
     sentences = select_sentences(sum(lengths))
@@ -88,7 +89,7 @@ def build_clips(count: int, console: Console) -> tuple[list[Clip], Clip]:
         np.savez_compressed(path, **audios)  # type: ignore[arg-type]
     stored = np.load(path)
     clips = [Clip(" ".join(group), stored[f"c{i}"]) for i, group in enumerate(texts)]
-    return clips[:-1], clips[-1]
+    return clips[:-1], Clip("", clips[-1].audio[: 30 * SAMPLE_RATE])  # one 30 s window, for RTF only
 
 
 # --- faster-whisper, in process --------------------------------------------------------------------
@@ -159,9 +160,15 @@ def transcribe(url: str, model: str, clip: Clip, key: str, timeout: float = 600)
 
 
 def infergraph_runs(url: str, model: str, clips: list[Clip], rtf_clip: Clip) -> list[dict]:
-    def text(clip: Clip) -> str:
-        r = transcribe(url, model, clip, KEYS["standard"])
-        r.raise_for_status()
+    """The RTF clip as a standard-tier client; the throughput run as bulk work (batch tier: its 30 s
+    deadline fits a backlog of 8 clients' long clips, the standard tier's 5 s does not)."""
+    refused: list[str] = []
+
+    def text(clip: Clip, key: str = KEYS["standard"]) -> str:
+        r = transcribe(url, model, clip, key)
+        if r.status_code != 200:
+            refused.append(r.text)
+            return ""
         return str(r.json()["text"])
 
     text(rtf_clip)  # warm-up
@@ -169,21 +176,14 @@ def infergraph_runs(url: str, model: str, clips: list[Clip], rtf_clip: Clip) -> 
     began = time.perf_counter()
     with ThreadPoolExecutor(CLIENTS) as pool:  # each client sends its share of the clips in turn
         shares = [clips[i::CLIENTS] for i in range(CLIENTS)]
-        done = list(pool.map(lambda share: [text(c) for c in share], shares))
+        done = list(pool.map(lambda share: [text(c, KEYS["batch"]) for c in share], shares))
     took = time.perf_counter() - began
     texts = {
         id(c): t for share, out in zip(shares, done, strict=True) for c, t in zip(share, out, strict=True)
     }
-    return [
-        _row(
-            "infergraph",
-            f"{CLIENTS} concurrent clients, HTTP",
-            rtf,
-            clips,
-            [texts[id(c)] for c in clips],
-            took,
-        )
-    ]
+    ordered = [texts[id(c)] for c in clips]
+    row = _row("infergraph", f"{CLIENTS} concurrent clients, HTTP", rtf, clips, ordered, took)
+    return [{**row, "refused": len(refused), "last_refusal": refused[-1] if refused else None}]
 
 
 def flood(url: str, model: str, long_clips: list[Clip], short: Clip, seconds: float) -> dict:
@@ -226,9 +226,15 @@ def flood(url: str, model: str, long_clips: list[Clip], short: Clip, seconds: fl
     }
 
 
+def _median_row(rows: list[dict]) -> dict:
+    """One system's figures over the rounds: the median of each number."""
+    numbers = {k for k, v in rows[0].items() if isinstance(v, int | float)}
+    return {k: statistics.median(r[k] for r in rows) if k in numbers else v for k, v in rows[0].items()}
+
+
 def report(rows: list[dict], flooded: dict, console: Console, title: str) -> None:
     table = Table(title=title)
-    for col in ("system", "how", "RTF (30 s clip)", "audio s/s", "x faster-whisper", "WER"):
+    for col in ("system", "how", "RTF (30 s clip)", "audio s/s (median)", "x faster-whisper", "WER"):
         table.add_column(col, justify="left" if col in ("system", "how") else "right")
     peer = next(r["audio_s_per_s"] for r in rows if r["system"] == "faster-whisper")
     for r in rows:
@@ -268,6 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--precision", default="int8", choices=["int8", "fp32"])
     ap.add_argument("--clips", type=int, default=24)
     ap.add_argument("--flood-s", type=float, default=30)
+    ap.add_argument("--rounds", type=int, default=3, help="faster-whisper then infergraph, this many times")
     ap.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "speech")
     a = ap.parse_args(argv)
     console = Console(width=150)
@@ -281,28 +288,37 @@ def main(argv: list[str] | None = None) -> None:
     from infergraph.runtimes.speech.weights import resolve_ct2_dir
 
     spec = load_catalog(PROJECT_ROOT / "configs" / "models.yaml").get(a.model)
-    with console.status("faster-whisper"):
-        rows = faster_whisper_runs(resolve_ct2_dir(spec.source), a.precision, clips, rtf_clip)  # type: ignore[union-attr]
+    model_dir = resolve_ct2_dir(spec.source)  # type: ignore[union-attr]
     workdir = Path(tempfile.mkdtemp(prefix="ig-speech-bench-"))
-    service = start_service(serve_config(a.model, a.engine, a.precision, workdir))
-    try:
-        url = f"{service.base_url}/v1/audio/transcriptions"
-        console.print(f"infergraph ready in {service.startup_s:.0f} s")
-        with console.status("infergraph"):
-            rows += infergraph_runs(url, a.model, clips, rtf_clip)
-        longest = sorted(clips, key=lambda c: c.seconds)[-4:]
-        shortest = min(clips, key=lambda c: c.seconds)
-        with console.status("premium under a batch flood"):
-            flooded = flood(url, a.model, longest, shortest, a.flood_s)
-    finally:
-        service.stop()
+    rounds: list[list[dict]] = []
+    flooded: dict = {}
+    for n in range(a.rounds):  # alternated, each system alone on the machine: drift hits both
+        with console.status(f"round {n + 1}/{a.rounds}: faster-whisper"):
+            rows = faster_whisper_runs(model_dir, a.precision, clips, rtf_clip)
+        service = start_service(serve_config(a.model, a.engine, a.precision, workdir))
+        try:
+            url = f"{service.base_url}/v1/audio/transcriptions"
+            with console.status(f"round {n + 1}/{a.rounds}: infergraph"):
+                rows += infergraph_runs(url, a.model, clips, rtf_clip)
+            if n == a.rounds - 1:
+                longest = sorted(clips, key=lambda c: c.seconds)[-4:]
+                shortest = min(clips, key=lambda c: c.seconds)
+                with console.status("premium under a batch flood"):
+                    flooded = flood(url, a.model, longest, shortest, a.flood_s)
+        finally:
+            service.stop()
+        rounds.append(rows)
+        peer = rows[0]["audio_s_per_s"]
+        speeds = [f"{r['system']} {r['audio_s_per_s']:.1f} ({r['audio_s_per_s'] / peer:.2f}x)" for r in rows]
+        console.print(f"round {n + 1}, audio s/s: " + ", ".join(speeds))
+    rows = [_median_row([r[i] for r in rounds]) for i in range(len(rounds[0]))]
     title = (
         f"{a.model} {a.engine} {a.precision}, 2 threads, greedy, {audio_s:.0f} s of audio, {len(clips)} clips"
     )
     report(rows, flooded, console, title)
     a.out.mkdir(parents=True, exist_ok=True)
-    result = {"model": a.model, "engine": a.engine, "precision": a.precision, "rows": rows, "flood": flooded,
-              "clips": [{"seconds": c.seconds} for c in clips]}  # fmt: skip
+    result = {"model": a.model, "engine": a.engine, "precision": a.precision, "rows": rows, "rounds": rounds,
+              "flood": flooded, "clips": [{"seconds": c.seconds} for c in clips]}  # fmt: skip
     (a.out / "bench.json").write_text(json.dumps(result, indent=2))
     plot(rows, a.out / "bench.png", title)
     console.print(f"wrote {a.out / 'bench.json'} and bench.png")

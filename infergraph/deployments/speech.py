@@ -33,7 +33,7 @@ from infergraph.protocol.audio import (
     TranscriptionResult,
     transcription_payload,
 )
-from infergraph.protocol.common import Job
+from infergraph.protocol.common import Job, Tier
 from infergraph.runtimes.catalog import ModelSpec
 from infergraph.runtimes.speech.audio import AudioError, probe
 from infergraph.runtimes.speech.engine import DecodeOptions
@@ -65,8 +65,11 @@ class SpeechDeployment:
         self.transcriber = Transcriber(
             self.engine, self.spec.max_windows_per_pass, express_lane=self.spec.express_lane
         )
-        # Decoding and voice detection run beside the engine thread, one request at a time.
-        self.prepare_pool = ThreadPoolExecutor(1, thread_name_prefix="speech-prepare")
+        # Decoding and voice detection run beside the engine threads, one request at a time per tier:
+        # a premium clip's never waits behind a batch hour's.
+        self.prepare_pools = {
+            tier: ThreadPoolExecutor(1, thread_name_prefix=f"prepare-{tier}") for tier in Tier
+        }
         self.requests = self.refused = 0
         log.info(
             "%s: %s %s ready (%s)", self.spec.name, self.spec.engine, self.spec.precision, self.variant_reason
@@ -108,7 +111,8 @@ class SpeechDeployment:
             self.transcriber.check(options)
             if time.time() > job.deadline:
                 raise DeadlineExceeded("deadline passed before decoding")
-            prepared = await loop.run_in_executor(self.prepare_pool, self.transcriber.prepare, work.audio)
+            pool = self.prepare_pools[job.tier]
+            prepared = await loop.run_in_executor(pool, self.transcriber.prepare, work.audio)
             if prepared.duration_s > self.spec.max_audio_s:
                 limit = self.spec.max_audio_s
                 message = f"the audio is {prepared.duration_s:.0f} s; this model takes at most {limit:.0f} s"

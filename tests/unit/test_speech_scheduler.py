@@ -69,6 +69,24 @@ def test_with_an_express_lane_premium_starts_beside_a_running_bulk_pass():
     scheduler.close()
 
 
+def test_the_express_lane_lets_standard_overtake_a_running_batch_pass_but_not_a_standard_one():
+    engine = RecordingEngine(pass_s=0.5)
+    scheduler = WindowScheduler(engine, max_windows=4, express_lane=True)
+    bulk = scheduler.submit(windows("b", 8), rank=2)
+    time.sleep(0.05)
+    sent = time.perf_counter()
+    scheduler.submit(windows("s", 1), rank=1).result(timeout=5)
+    assert time.perf_counter() - sent < 0.75  # beside the batch pass
+    bulk.result(timeout=5)
+    engine.passes.clear()
+    first = scheduler.submit(windows("x", 4), rank=1)
+    time.sleep(0.05)
+    scheduler.submit(windows("y", 1), rank=1).result(timeout=5)
+    first.result(timeout=5)
+    assert engine.passes == [["x0", "x1", "x2", "x3"], ["y0"]]  # same tier: it waits its turn
+    scheduler.close()
+
+
 def test_the_express_lane_leaves_bulk_work_alone():
     engine = RecordingEngine(pass_s=0.2)
     scheduler = WindowScheduler(engine, max_windows=2, express_lane=True)

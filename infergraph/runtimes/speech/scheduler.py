@@ -3,9 +3,10 @@ thread runs them in passes of up to `max_windows` (one batched encoder + decoder
 
 Each pass takes the most urgent windows first (tier rank, then deadline, then arrival), so a premium
 clip never waits behind the rest of a batch-tier hour. With `express_lane`, a second engine thread
-takes premium windows only: a premium clip starts at once, beside the bulk pass already running (the
-two share the cores for that moment), instead of waiting for it (seconds, for 8 windows of 30 s).
-The lane idles when no premium work waits, so bulk keeps every core. A request whose deadline passes
+takes windows that outrank the pass the first one is running (premium beside a standard or batch
+pass, standard beside a batch pass): they start at once, sharing the cores for that moment, instead
+of waiting for a pass of many 30 s windows (seconds). The lane idles otherwise, so the main lane
+keeps every core and can run large, efficient passes. A request whose deadline passes
 before any of its windows started is refused and costs nothing; once started, it is finished (an
 accepted request is answered).
 """
@@ -68,10 +69,11 @@ class WindowScheduler:
         self._seq = itertools.count()
         self._wake = threading.Condition()
         self._closed = False
+        self._running_rank: int | None = None  # the least urgent rank in the main lane's pass
         lanes = [(False, "speech-engine")] + ([(True, "speech-express")] if express_lane else [])
         self._threads = [
-            threading.Thread(target=self._loop, args=(premium_only,), name=name, daemon=True)
-            for premium_only, name in lanes
+            threading.Thread(target=self._loop, args=(express,), name=name, daemon=True)
+            for express, name in lanes
         ]
         for thread in self._threads:
             thread.start()
@@ -104,14 +106,21 @@ class WindowScheduler:
             thread.join(timeout=5)
 
     # --- the engine thread -------------------------------------------------------------------------
-    def _next_pass(self, premium_only: bool) -> list[_Item]:
+    def _takes(self, express: bool) -> bool:
+        """Whether the lane may take the most urgent waiting window now: the main lane anything, the
+        express lane only what outranks the main lane's running pass."""
+        if not self._heap:
+            return False
+        if not express:
+            return True
+        return self._running_rank is not None and self._heap[0].rank < self._running_rank
+
+    def _next_pass(self, express: bool) -> list[_Item]:
         with self._wake:
-            while not self._closed and not (self._heap and (self._heap[0].rank == 0 or not premium_only)):
+            while not self._closed and not self._takes(express):
                 self._wake.wait()
             now, chosen = self.clock(), list[_Item]()
-            while self._heap and len(chosen) < self.max_windows:
-                if premium_only and self._heap[0].rank != 0:
-                    break
+            while len(chosen) < self.max_windows and self._takes(express):
                 item = heapq.heappop(self._heap)
                 if item.request.future.done():
                     continue  # refused or failed: its other windows go too
@@ -121,25 +130,37 @@ class WindowScheduler:
                     continue
                 item.request.started = True
                 chosen.append(item)
+            if chosen and not express:
+                self._running_rank = max(it.rank for it in chosen)
+                self._wake.notify_all()  # the express lane may now take what outranks this pass
             return chosen
 
-    def _loop(self, premium_only: bool) -> None:
+    def _loop(self, express: bool) -> None:
         while not self._closed:
-            chosen = self._next_pass(premium_only)
+            chosen = self._next_pass(express)
             if not chosen:
                 continue
-            began = time.perf_counter()
             try:
-                outputs = self.engine.transcribe([it.request.windows[it.index] for it in chosen])
-            except Exception as exc:  # the pass failed: its requests are answered with the error
-                with self._wake:
-                    for it in chosen:
-                        if not it.request.future.done():
-                            it.request.future.set_exception(exc)
-                continue
-            took = time.perf_counter() - began
-            with self._wake:  # two lanes may finish windows of one request
-                self._record(chosen, outputs, took)
+                self._run(chosen)
+            finally:
+                if not express:
+                    with self._wake:
+                        self._running_rank = None
+                        self._wake.notify_all()
+
+    def _run(self, chosen: list[_Item]) -> None:
+        began = time.perf_counter()
+        try:
+            outputs = self.engine.transcribe([it.request.windows[it.index] for it in chosen])
+        except Exception as exc:  # the pass failed: its requests are answered with the error
+            with self._wake:
+                for it in chosen:
+                    if not it.request.future.done():
+                        it.request.future.set_exception(exc)
+            return
+        took = time.perf_counter() - began
+        with self._wake:  # two lanes may finish windows of one request
+            self._record(chosen, outputs, took)
 
     def _record(self, chosen: list[_Item], outputs: list[WindowOutput], took: float) -> None:
         self.stats.passes += 1

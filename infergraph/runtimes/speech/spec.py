@@ -26,7 +26,9 @@ class SpeechSpec(BaseModel):
     engine: SpeechEngineName = "ctranslate2"
     precision: SpeechPrecision = Field("int8", description="int8: CTranslate2 int8 / torch dynamic int8")
     max_audio_s: float = Field(1800.0, gt=0, description="longer uploads are refused (413)")
-    max_windows_per_pass: int = Field(8, ge=1, description="30 s windows decoded together in one pass")
+    max_windows_per_pass: int = Field(
+        32, ge=1, description="30 s windows decoded together in one pass (bench/speech.py)"
+    )
     beam_size: int = Field(1, ge=1, description="1: greedy (what the speed figures use)")
     express_lane: bool = Field(
         True, description="a second engine thread for premium windows: they start beside a running bulk pass"
