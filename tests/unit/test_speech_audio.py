@@ -41,14 +41,20 @@ def test_festival_wav_at_its_own_rate_is_resampled():
     assert abs(len(decode(wav)) / 16000 - probe(wav).duration_s) < 0.05
 
 
+def _with_format_tag(wav: bytes, tag: int) -> bytes:
+    """The WAV with another codec id in its header (bytes 20-21): one FFmpeg has no decoder for."""
+    return wav[:20] + tag.to_bytes(2, "little") + wav[22:]
+
+
 @pytest.mark.parametrize(
     ("make", "code"),
     [
         (lambda s: b"", "empty_file"),
         (lambda s: b"this is plain text, not audio at all " * 20, "invalid_audio"),
         (lambda s: encode(s, "wav")[: len(encode(s, "wav")) // 2], "truncated_audio"),
+        (lambda s: _with_format_tag(encode(s, "wav"), 0x9999), "unsupported_codec"),
     ],
-    ids=["zero-length", "not-audio", "truncated-wav"],
+    ids=["zero-length", "not-audio", "truncated-wav", "unknown-codec"],
 )
 def test_bad_uploads_are_client_errors_at_the_header(speech, make, code):
     with pytest.raises(AudioError) as err:
