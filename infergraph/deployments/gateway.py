@@ -222,7 +222,12 @@ class Gateway:
         events = model.open_stream(Job(work, tier, deadline))
         headers = {"x-infergraph-tier": tier.value, "x-infergraph-queue-ms": f"{ticket.queued_s * 1000:.2f}"}
         try:
-            first: LLMEvent = await anext(events)
+            try:
+                first: LLMEvent = await anext(events)
+            except Rejection as lost:  # the replica went away before the first event
+                tenant.refund(self.clock())
+                self.metrics.rejected(model.name, tier.value, name, lost.code)
+                raise rejection_error(lost) from None
             if first.deadline_exceeded:
                 late = Rejection(503, "deadline_exceeded", first.error or "deadline passed", 1)
                 self.metrics.rejected(model.name, tier.value, name, late.code)

@@ -24,7 +24,12 @@ from infergraph.deployments.errors import ApiError, install_error_handlers
 from infergraph.deployments.gateway import Gateway, ServedModel, StreamAnswer
 from infergraph.deployments.kinds import endpoints_by_path, kind_streams
 from infergraph.deployments.metrics import RouterMetrics
-from infergraph.deployments.replicas import follow_replica_counts
+from infergraph.deployments.replicas import (
+    REPLICA_LOST,
+    call_with_failover,
+    follow_replica_counts,
+    replica_lost,
+)
 from infergraph.deployments.tenants import TenantRegistry, TenantsConfig
 from infergraph.protocol.common import Job, ModelCard
 
@@ -130,7 +135,8 @@ def model_queue(handle: DeploymentHandle, tiers: Any, admission: AdmissionConfig
     """The admission queue in front of one deployment: each call carries typed jobs to `run`."""
 
     async def send(group: list[Ticket]) -> list[Any]:
-        return await handle.run.remote([Job(t.work, t.tier, t.deadline) for t in group])
+        jobs = [Job(t.work, t.tier, t.deadline) for t in group]
+        return await call_with_failover(lambda: handle.run.remote(jobs), min(t.deadline for t in group))
 
     cfg = admission
     return ModelQueue(
@@ -155,6 +161,8 @@ def stream_opener(handle: DeploymentHandle) -> Callable[[Job[Any]], AsyncGenerat
         try:
             async for event in response:
                 yield event
+        except REPLICA_LOST as exc:  # before the first event: a 503 the gateway answers; later: the end
+            raise replica_lost(exc) from None
         finally:
             response.cancel()
 
