@@ -55,7 +55,11 @@ def _openapi() -> dict[str, Any]:
         schema["paths"].pop("/{path}", None)
         for path, endpoint in ENDPOINTS.items():
             media = "multipart/form-data" if endpoint.body == "multipart" else "application/json"
-            body = {"content": {media: {"schema": endpoint.request_type.model_json_schema(by_alias=True)}}}
+            request_schema = endpoint.request_type.model_json_schema(by_alias=True)
+            if endpoint.body == "multipart":  # the file part is bytes on the wire, not an object
+                request_schema.pop("$defs", None)
+                request_schema["properties"]["file"] = {"type": "string", "format": "binary"}
+            body = {"content": {media: {"schema": request_schema}}}
             schema["paths"][path] = {"post": {"summary": path, "requestBody": body}}
         app.openapi_schema = schema
     return app.openapi_schema

@@ -159,3 +159,12 @@ def test_a_premium_clip_is_answered_while_batch_tier_long_audio_is_transcribed(s
     assert premium.status_code == 200 and wer(SHORT, premium.json()["text"]) <= 0.2, premium.text
     assert "batch" in done, "the batch request did not finish"
     assert sent - started + premium_s < done["batch"] - 2.0, (premium_s, done)
+
+
+def test_the_model_cards_say_what_each_speech_model_can_do(service):
+    headers = {"Authorization": f"Bearer {KEYS['standard']}"}
+    cards = {m: httpx.get(f"{service}/v1/models/{m}", headers=headers).json() for m in (TINY, BASE)}
+    assert {c["kind"] for c in cards.values()} == {"speech-to-text"}
+    assert (cards[TINY]["multilingual"], cards[BASE]["multilingual"]) == (False, True)
+    assert cards[TINY]["max_audio_s"] == 1800 and cards[TINY]["engine"] == "ctranslate2"
+    assert cards[TINY]["batching"]["max_windows_per_pass"] >= 1
