@@ -38,6 +38,10 @@ class AppArgs(BaseModel):
     admission: AdmissionConfig = AdmissionConfig()
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    body_timeout_s: float = Field(30.0, gt=0, description="a request body must arrive within this (408)")
+    max_bodies_per_tenant: int = Field(
+        32, ge=1, description="bodies one tenant may have arriving at once (429)"
+    )
     model_admission: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="per model: AdmissionConfig fields over `admission` and its kind's"
     )
@@ -65,6 +69,8 @@ def build_app(args: dict[str, Any]) -> Application:
         admission=opts.admission.model_dump(),
         max_body_bytes=opts.max_body_bytes,
         max_upload_bytes=opts.max_upload_bytes,
+        body_timeout_s=opts.body_timeout_s,
+        max_bodies_per_tenant=opts.max_bodies_per_tenant,
         model_admission={
             name: {**KINDS[catalog.get(name).kind].admission, **opts.model_admission.get(name, {})}
             for name in bound

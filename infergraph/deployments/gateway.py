@@ -4,12 +4,16 @@ without Ray: authenticate -> rate limits -> read and validate the body -> admit 
 A kind plugs in through an `Endpoint` (its request type, per-model checks and payload encoder); the
 tenants, tiers, deadlines, admission queues, usage/cost accounting and metrics stay here, written once.
 The API key and the tenant's rate limits and quota are checked before the body is read: a tenant
-over its limits cannot make the router read and parse megabytes.
+over its limits cannot make the router read and parse megabytes. A body must then arrive within
+`body_timeout_s` (408), and one tenant may have at most `max_bodies_per_tenant` bodies arriving at
+once (429): slow or never-finished uploads cannot hold every router slot.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
+from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, Literal, TypeVar
@@ -107,8 +111,12 @@ class Gateway:
         metrics: RouterMetrics,
         models: dict[str, ServedModel],
         clock: Callable[[], float] = time.time,
+        body_timeout_s: float = 30.0,
+        max_bodies_per_tenant: int = 32,
     ) -> None:
         self.tenants, self.metrics, self.models, self.clock = tenants, metrics, models, clock
+        self.body_timeout_s, self.max_bodies_per_tenant = body_timeout_s, max_bodies_per_tenant
+        self.bodies_arriving: Counter[str] = Counter()  # per tenant
 
     # --- before the body -------------------------------------------------------------------------
     def authenticate(self, authorization: str | None) -> TenantState:
@@ -137,6 +145,24 @@ class Gateway:
             raise ApiError(400, message, param="model", code="model_not_supported")
         return model
 
+    async def _read_body(self, tenant: TenantState, read_body: Callable[[], Awaitable[Any]]) -> Any:
+        """The body, within `body_timeout_s`, while the tenant has fewer than `max_bodies_per_tenant`
+        other bodies arriving."""
+        name = tenant.config.name
+        if self.bodies_arriving[name] >= self.max_bodies_per_tenant:
+            self.metrics.rejected(NO_MODEL, tenant.config.tier.value, name, "too_many_uploads")
+            message = f"tenant '{name}' already has {self.max_bodies_per_tenant} request bodies arriving"
+            raise ApiError(429, message, code="too_many_uploads", headers={"Retry-After": "1"})
+        self.bodies_arriving[name] += 1
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                return await read_body()
+        except TimeoutError:
+            message = f"the request body did not arrive within {self.body_timeout_s:g} s"
+            raise ApiError(408, message, code="body_timeout") from None
+        finally:
+            self.bodies_arriving[name] -= 1
+
     # --- the request -----------------------------------------------------------------------------
     async def serve(
         self,
@@ -149,7 +175,7 @@ class Gateway:
         started = self.clock()
         tenant = self.authenticate(authorization)
         self.admit(tenant, started)
-        raw = await read_body()
+        raw = await self._read_body(tenant, read_body)
         body_read = self.clock()
         try:
             req = endpoint.request_type.model_validate(raw)

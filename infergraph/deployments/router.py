@@ -185,6 +185,8 @@ class Router:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
         model_admission: dict[str, dict[str, Any]] | None = None,
+        body_timeout_s: float = 30.0,
+        max_bodies_per_tenant: int = 32,
     ) -> None:
         registry = TenantRegistry(TenantsConfig.model_validate(tenants))
         metrics = RouterMetrics(registry.config.price_per_replica_hour)
@@ -199,7 +201,13 @@ class Router:
             metrics.watch_queue(name, queue)
             opener = stream_opener(handle) if kind_streams(kinds[name]) else None
             served[name] = ServedModel(name, kinds[name], queue, handle.info.remote, open_stream=opener)
-        self.gateway = Gateway(registry, metrics, served)
+        self.gateway = Gateway(
+            registry,
+            metrics,
+            served,
+            body_timeout_s=body_timeout_s,
+            max_bodies_per_tenant=max_bodies_per_tenant,
+        )
         self.max_body_bytes, self.max_upload_bytes = max_body_bytes, max_upload_bytes
         self.started = int(time.time())
         self._replica_counts: asyncio.Task | None = None

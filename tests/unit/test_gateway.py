@@ -98,6 +98,7 @@ def refused(gw: Gateway, endpoint, body: Body, **kw) -> ApiError:
 
 
 RERANK = {"model": "rr", "query": "q", "documents": ["a", {"text": "b"}, "c"]}
+EMBED = {"model": "enc", "input": ["x"]}
 
 
 def test_a_bad_key_is_refused_before_the_body_is_read():
@@ -115,6 +116,44 @@ def test_a_rate_limited_tenant_gets_429_with_retry_after_before_the_body_is_read
     error = refused(gw, RerankEndpoint(), body)
     assert (error.status, error.code, body.reads) == (429, "rate_limited", 0)
     assert int(error.headers["Retry-After"]) >= 1
+
+
+class NeverEndingBody:
+    """A client that sent its headers and never finishes the body (reliability issue, defect 1)."""
+
+    async def __call__(self):
+        await asyncio.Event().wait()
+
+
+def test_a_body_that_never_arrives_is_a_408_within_the_bound():
+    gw, stand_ins = gateway()
+    gw.body_timeout_s = 0.2
+    error = refused(gw, RerankEndpoint(), NeverEndingBody())
+    assert (error.status, error.code) == (408, "body_timeout")
+    assert gw.bodies_arriving["gold"] == 0 and not stand_ins["rr"].jobs
+
+
+def test_one_tenant_cannot_hold_every_slot_with_unfinished_bodies():
+    gw, _ = gateway()
+    gw.max_bodies_per_tenant = 3
+
+    async def scenario():
+        endpoint = RerankEndpoint()
+        slow = [
+            asyncio.create_task(gw.serve(endpoint, "/v1/rerank", "Bearer gold-key", NeverEndingBody()))
+            for _ in range(3)
+        ]
+        await asyncio.sleep(0.05)
+        with pytest.raises(ApiError) as err:
+            await gw.serve(RerankEndpoint(), "/v1/rerank", "Bearer gold-key", Body(RERANK))
+        other = await gw.serve(EmbeddingsEndpoint(), "/v1/embeddings", "Bearer small-key", Body(EMBED))
+        for task in slow:
+            task.cancel()
+        return err.value, other
+
+    error, other = asyncio.run(scenario())
+    assert (error.status, error.code, error.headers["Retry-After"]) == (429, "too_many_uploads", "1")
+    assert other.body  # another tenant is served meanwhile
 
 
 def test_rerank_answers_sorted_cut_to_top_n_with_documents_and_bills_tokens():
