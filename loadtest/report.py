@@ -1,19 +1,26 @@
-"""Per-tier report of a Locust run of loadtest/locustfile.py, from its per-request log (`--ig-log`).
+"""Per-tier and per-kind report of a Locust run of loadtest/locustfile.py, from its request log (`--ig-log`).
 
-    uv run python -m loadtest.report results/overload/<run>            # a run dir
-    uv run python -m loadtest.report results/overload/<run>/requests.jsonl
+    uv run python -m loadtest.report results/loadtest/<run>            # a run dir
+    uv run python -m loadtest.report results/loadtest/<run>/requests.jsonl
+    uv run python -m loadtest.report results/loadtest/<run> --mlflow   # and log it as an MLflow run
 
 Reads `requests.jsonl` (one line per completed request), `requests.meta.json` (requests sent per
-tier, phases) and Locust's `--csv` stats when present; prints per-tier and per-phase tables and
-the accounting line, writes `summary.json` and `report.png` next to the log.
+tier and kind, phases, `/admin/usage` before and after) and Locust's `--json-file`/`--csv` stats when
+present; prints per-tier, per-kind and per-phase tables, the cost per 1,000 requests and the
+accounting line, writes `summary.json`, `report.png` (over time, per tier) and `kinds.png` (per kind
+and tier: latency, SLO attainment, refusals, chat tokens/s, speech audio s/s) next to the log.
+
+SLO attainment: the share of requests sent that were answered within the tier's deadline (the
+latency of the whole answer; for chat, the time to its first token, which is what the deadline
+applies to).
 
 Accounting: every request sent is answered (200), refused with an explicit HTTP error (429/503
-with an error code, or another 4xx/5xx), or unaccounted: no HTTP answer (connection error,
-client timeout) or still in flight when Locust stopped (sent per the meta file, never logged).
-The run balances when answered + HTTP errors = sent.
+with an error code, or another 4xx/5xx; a chat stream that broke off counts as `200 <code>`), or
+unaccounted: no HTTP answer (connection error, client timeout) or still in flight when Locust
+stopped (sent per the meta file, never logged). The run balances when answered + HTTP errors = sent.
 
 Imports neither locust (it would monkey-patch this process) nor anything heavy at module level:
-Locust imports this file too when given `-f loadtest/`.
+Locust imports this file too when given `-f loadtest/`. MLflow is imported only by `--mlflow`.
 """
 
 from __future__ import annotations
@@ -29,9 +36,30 @@ from pathlib import Path
 from typing import Any
 
 TIER_ORDER = ("premium", "standard", "batch")
-PHASE_ORDER = ("constant", "warmup", "overload", "recover")
+KIND_ORDER = ("embeddings", "rerank", "chat", "transcriptions")
+PHASE_ORDER = ("constant", "steady", "warmup", "spike", "overload", "recover")
 REJECT_STATUSES = (429, 503)
 LOG_NAME = "requests.jsonl"
+EXPERIMENT = "loadtest"
+DEFAULT_TRACKING_URI = "sqlite:///mlflow/mlflow.db"  # the project's store, beside the optimize runs
+DEFAULT_ARTIFACT_ROOT = "mlflow/artifacts"
+
+
+def request_name(r: dict[str, Any]) -> str:
+    """The name Locust's stats use: "<kind> <tier>" (logs from before kinds: the tier)."""
+    return f"{r['kind']} {r['tier']}" if r.get("kind") else str(r["tier"])
+
+
+def is_answered(r: dict[str, Any]) -> bool:
+    """A 200 with nothing wrong (a chat stream that broke off carries a code)."""
+    return r["status"] == 200 and not r.get("code")
+
+
+def judged_ms(r: dict[str, Any]) -> float:
+    """What the tier's deadline is judged on: time to first token for chat, else the whole answer."""
+    if r.get("kind") == "chat" and r.get("ttft_ms") is not None:
+        return float(r["ttft_ms"])
+    return float(r["latency_ms"])
 
 
 def percentile(values: Sequence[float], p: float) -> float:
@@ -95,15 +123,19 @@ def _latency_stats(values: Sequence[float]) -> dict[str, float | None]:
     }
 
 
+def _rate(total: float, seconds: float, digits: int = 2) -> float | None:
+    return round(total / seconds, digits) if seconds > 0 else None
+
+
 def _group_stats(records: Sequence[dict[str, Any]], sent: int, seconds: float) -> dict[str, Any]:
-    """Counts and latencies of one group of requests (a tier, a phase of a tier, or all)."""
-    answered = [r for r in records if r["status"] == 200]
+    """Counts and latencies of one group of requests (a tier, a kind of a tier, a phase, or all)."""
+    answered = [r for r in records if is_answered(r)]
     rejected: Counter[str] = Counter()
     other: Counter[str] = Counter()
     transport = 0
     for r in records:
         status = r["status"]
-        if status == 200:
+        if is_answered(r):
             continue
         if not status:
             transport += 1
@@ -115,8 +147,14 @@ def _group_stats(records: Sequence[dict[str, Any]], sent: int, seconds: float) -
     lost = sent - len(records)
     latencies = [float(r["latency_ms"]) for r in answered]
     queue = [float(r["queue_ms"]) for r in answered if r.get("queue_ms") is not None]
-    in_deadline = sum(1 for r in answered if r.get("deadline_ms") and r["latency_ms"] <= r["deadline_ms"])
+    in_deadline = sum(1 for r in answered if r.get("deadline_ms") and judged_ms(r) <= r["deadline_ms"])
     retry_after = [float(r["retry_after"]) for r in records if r.get("retry_after") is not None]
+    # chat: time to first token and output tokens; speech: audio seconds
+    ttft = [float(r["ttft_ms"]) for r in answered if r.get("ttft_ms") is not None]
+    tokens = [int(r["output_tokens"]) for r in answered if r.get("output_tokens") is not None]
+    decode = [float(r["tokens_per_s"]) for r in answered if r.get("tokens_per_s") is not None]
+    audio = [float(r["audio_s"]) for r in answered if r.get("audio_s") is not None]
+    rtf = [float(r["latency_ms"]) / 1000 / float(r["audio_s"]) for r in answered if r.get("audio_s")]
     return {
         "sent": sent,
         "completed": len(records),
@@ -125,6 +163,9 @@ def _group_stats(records: Sequence[dict[str, Any]], sent: int, seconds: float) -
         "rejected_total": sum(rejected.values()),
         "other_errors": dict(other.most_common()),
         "http_errors": http_errors,
+        "server_errors": sum(
+            1 for r in records if int(r["status"]) >= 500 and r["status"] not in REJECT_STATUSES
+        ),
         "transport_errors": transport,
         "lost_in_flight": max(0, lost),
         "unaccounted": transport + max(0, lost),
@@ -133,10 +174,18 @@ def _group_stats(records: Sequence[dict[str, Any]], sent: int, seconds: float) -
         "queue_ms": _latency_stats(queue),
         "retry_after_s": _latency_stats(retry_after),
         "seconds": round(seconds, 3),
-        "rps_answered": round(len(answered) / seconds, 2) if seconds > 0 else None,
-        "sentences_per_s": round(sum(r["sentences"] for r in answered) / seconds, 1) if seconds > 0 else None,
+        "rps_answered": _rate(len(answered), seconds),
+        "sentences_per_s": _rate(sum(r.get("sentences") or 0 for r in answered), seconds, 1),
         "within_deadline_pct": round(100 * in_deadline / len(answered), 2) if answered else None,
         "goodput_pct": round(100 * in_deadline / sent, 2) if sent else None,
+        "slo_attainment_pct": round(100 * in_deadline / sent, 2) if sent else None,
+        "ttft_ms": _latency_stats(ttft),
+        "output_tokens": sum(tokens) if tokens else None,
+        "tokens_per_s": _rate(sum(tokens), seconds, 1) if tokens else None,
+        "decode_tokens_per_s": _latency_stats(decode),
+        "audio_s": round(sum(audio), 2) if audio else None,
+        "audio_s_per_s": _rate(sum(audio), seconds) if audio else None,
+        "real_time_factor": _latency_stats(rtf) if rtf else None,
     }
 
 
@@ -167,13 +216,31 @@ def summarize(
     summary_tiers = {t: _group_stats(by_tier[t], sent[t], seconds) for t in tiers}
     total = _group_stats(records, sum(sent.values()), seconds)
 
+    # Per kind and tier ("<kind> <tier>", as Locust names the requests): sent from the meta file's
+    # per-name counts when it has them. Logs from before kinds are all embeddings.
+    by_name: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in records:
+        by_name[f"{r.get('kind') or 'embeddings'} {r['tier']}"].append(r)
+    sent_names: dict[str, int] = dict(meta.get("sent_by_name") or {})
+    kinds: dict[str, dict[str, Any]] = {}
+    names = set(by_name) | set(sent_names)
+    for kind in _order({n.split(" ", 1)[0] for n in names}, KIND_ORDER):
+        kind_tiers = _order({n.split(" ", 1)[1] for n in names if n.split(" ", 1)[0] == kind}, TIER_ORDER)
+        kinds[kind] = {}
+        for t in kind_tiers:
+            rs = by_name[f"{kind} {t}"]
+            kinds[kind][t] = _group_stats(rs, int(sent_names.get(f"{kind} {t}", len(rs))), seconds)
+        all_rs = [r for t in kind_tiers for r in by_name[f"{kind} {t}"]]
+        kinds[kind]["all"] = _group_stats(all_rs, sum(s["sent"] for s in kinds[kind].values()), seconds)
+
     # Phases: durations from the shape's plan when known, else the span of the phase's sends.
     planned = {p["phase"]: float(p["duration_s"]) for p in meta.get("phases") or []}
     by_phase: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         by_phase[r.get("phase") or "constant"].append(r)
     phases: dict[str, Any] = {}
-    for phase in _order(by_phase, PHASE_ORDER):
+    plan_order = [p["phase"] for p in meta.get("phases") or []]
+    for phase in _order(by_phase, [*plan_order, *PHASE_ORDER]):
         rs = by_phase[phase]
         span = max(float(r["t"]) for r in rs) - min(float(r["t"]) for r in rs)
         secs = planned[phase] if phase in planned else seconds if len(by_phase) == 1 else span
@@ -185,8 +252,10 @@ def summarize(
             t: _group_stats(phase_tiers[t], len(phase_tiers[t]), secs) for t in tiers if t in phase_tiers
         }
 
+    groups = [s for k in kinds.values() for t, s in k.items() if t != "all"] if sent_names else []
     balanced = all(
-        s["http_errors"] + s["answered"] == s["sent"] and not s["over_logged"] for s in summary_tiers.values()
+        s["http_errors"] + s["answered"] == s["sent"] and not s["over_logged"]
+        for s in [*summary_tiers.values(), *groups]
     )
     accounting: dict[str, Any] = {
         "sent": total["sent"],
@@ -202,11 +271,15 @@ def summarize(
     }
     if locust_stats is not None:
         mismatches: list[dict[str, Any]] = []
-        for t in sorted(set(tiers) | set(locust_stats)):
-            ls = locust_stats.get(t, {"requests": 0, "failures": 0})
-            mine = {"requests": len(by_tier[t]), "failures": sum(1 for r in by_tier[t] if r["status"] != 200)}
+        logged: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for r in records:
+            logged[request_name(r)].append(r)
+        for name in sorted(set(logged) | set(locust_stats)):
+            ls = locust_stats.get(name, {"requests": 0, "failures": 0})
+            rs = logged[name]
+            mine = {"requests": len(rs), "failures": sum(1 for r in rs if not is_answered(r))}
             if ls != mine:
-                mismatches.append({"tier": t, "locust": ls, "log": mine})
+                mismatches.append({"tier": name, "locust": ls, "log": mine})
         # the CSV is rewritten once a second: requests that end in the last second can be missing
         lagging = (
             bool(mismatches)
@@ -232,11 +305,47 @@ def summarize(
         "shape": meta.get("shape"),
         "host": meta.get("host"),
         "tiers": summary_tiers,
+        "kinds": kinds,
         "total": total,
+        "cost": cost_report(meta, summary_tiers),
         "phases": phases,
         "phase_plan": plan,
         "deadline_ms": meta.get("deadline_ms") or {},
         "accounting": accounting,
+    }
+
+
+def cost_report(meta: dict[str, Any], tiers: dict[str, Any]) -> dict[str, Any] | None:
+    """Cost per 1,000 requests per tenant over the run, from `GET /admin/usage` before and after
+    (the service meters each answered request's share of its batch's compute seconds and prices
+    them at `price_per_replica_hour`; LLM streams are not metered there). None without both."""
+    before, after = meta.get("usage_before"), meta.get("usage_after")
+    if not before or not after or "error" in before or "error" in after:
+        errors = [u["error"] for u in (before, after) if u and "error" in u]
+        return {"error": errors[0]} if errors else None
+    price = float(after.get("price_per_replica_hour") or 0.0)
+    tenants: dict[str, Any] = {}
+    for name, now in sorted(after["tenants"].items()):
+        then = before["tenants"].get(name, {})
+        delta = {k: now.get(k, 0) - then.get(k, 0) for k in ("requests", "answered", "rejected", "compute_s")}
+        if not delta["requests"]:
+            continue  # a tenant this run did not use
+        cost = float(delta["compute_s"]) / 3600 * price
+        tenants[name] = {
+            **delta,
+            "compute_s": round(float(delta["compute_s"]), 4),
+            "cost": round(cost, 8),
+            "cost_per_1k_requests": round(1000 * cost / delta["answered"], 6) if delta["answered"] else None,
+        }
+    answered = sum(t["answered"] for t in tenants.values())
+    cost = sum(t["cost"] for t in tenants.values())
+    return {
+        "price_per_replica_hour": price,
+        "tenants": tenants,
+        "cost": round(cost, 8),
+        "answered": answered,
+        "cost_per_1k_requests": round(1000 * cost / answered, 6) if answered else None,
+        "answered_in_log": sum(t["answered"] for t in tiers.values()),
     }
 
 
@@ -278,6 +387,13 @@ def print_report(summary: dict[str, Any], title: str = "") -> None:
             end_section=i == len(rows) - 2,
         )
     console.print(table)
+    if summary.get("kinds") and set(summary["kinds"]) != {"embeddings"}:
+        console.print(kind_table(summary["kinds"]))
+    cost = summary.get("cost")
+    if cost and "error" not in cost:
+        console.print(cost_table(cost))
+    elif cost:
+        console.print(f"Cost: GET /admin/usage failed ({cost['error']})")
 
     if len(summary["phases"]) > 1:
         pt = Table(title="Per phase (sent = completed; durations from the shape)")
@@ -329,6 +445,72 @@ def print_report(summary: dict[str, Any], title: str = "") -> None:
             )
         else:
             console.print(f"Locust's own stats ({src}) agree with the log: [red]NO[/red] {ls['mismatches']}")
+
+
+KIND_UNITS = {  # the throughput column of each kind: (unit, summary key, digits)
+    "embeddings": ("texts/s", "sentences_per_s", 1),
+    "rerank": ("docs/s", "sentences_per_s", 1),
+    "chat": ("tok/s", "tokens_per_s", 1),
+    "transcriptions": ("audio s/s", "audio_s_per_s", 2),
+}
+
+
+def kind_table(kinds: dict[str, dict[str, Any]]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="Per kind and tier (SLO: answered within the tier's deadline; chat: its first token)")
+    for col in ("kind", "tier", "sent", "ans.", "refused, errors (by code)", "unacc."):
+        left = col in ("kind", "tier", "refused, errors (by code)")
+        table.add_column(col, justify="left" if left else "right", no_wrap=left)
+    for col in ("p50 ms", "p99 ms", "TTFT p50/p99", "throughput", "SLO %"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for i, (kind, tiers) in enumerate(kinds.items()):
+        unit, key, digits = KIND_UNITS.get(kind, ("units/s", "sentences_per_s", 1))
+        rows = [(t, s) for t, s in tiers.items() if t != "all" or len(tiers) > 2]  # "all" of one tier: no
+        for j, (tier, s) in enumerate(rows):
+            ttft = s["ttft_ms"]
+            table.add_row(
+                kind if j == 0 else "",
+                tier,
+                f"{s['sent']:,}",
+                f"{s['answered']:,}",
+                _codes({**s["rejected"], **s["other_errors"]}),
+                f"{s['unaccounted']:,}",
+                _fmt(s["latency_ms"]["p50"]),
+                _fmt(s["latency_ms"]["p99"]),
+                f"{_fmt(ttft['p50'])}/{_fmt(ttft['p99'])}" if ttft["p50"] is not None else "",
+                f"{_fmt(s.get(key), digits)} {unit}",
+                _fmt(s["slo_attainment_pct"], 1),
+                end_section=j == len(rows) - 1 and i < len(kinds) - 1,
+            )
+    return table
+
+
+def cost_table(cost: dict[str, Any]) -> Any:
+    from rich.table import Table
+
+    table = Table(
+        title="Cost per tenant over the run"
+        f" (GET /admin/usage; {cost['price_per_replica_hour']} per replica-hour)"
+    )
+    for col in ("tenant", "requests", "answered", "rejected", "compute s", "cost", "per 1,000 answered"):
+        table.add_column(col, justify="left" if col == "tenant" else "right")
+    rows = [
+        *cost["tenants"].items(),
+        ("all", {**cost, "requests": None, "rejected": None, "compute_s": None}),
+    ]
+    for i, (tenant, t) in enumerate(rows):
+        table.add_row(
+            tenant,
+            _fmt(t["requests"]),
+            _fmt(t["answered"]),
+            _fmt(t["rejected"]),
+            _fmt(t["compute_s"], 2),
+            _fmt(t["cost"], 6),
+            _fmt(t["cost_per_1k_requests"], 6),
+            end_section=i == len(rows) - 2,
+        )
+    return table
 
 
 def plot(records: Sequence[dict[str, Any]], summary: dict[str, Any], path: Path) -> None:
@@ -434,6 +616,180 @@ def plot(records: Sequence[dict[str, Any]], summary: dict[str, Any], path: Path)
     plt.close(fig)
 
 
+def plot_kinds(summary: dict[str, Any], path: Path) -> None:
+    """Per kind and tier: latency p50/p99 against the deadline (chat: time to first token), SLO
+    attainment, refusals by code, and chat tokens/s and speech audio s/s per tier."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = [(k, t, s) for k, tiers in summary["kinds"].items() for t, s in tiers.items() if t != "all"]
+    short = {"embeddings": "embed", "transcriptions": "speech"}
+    labels = [f"{short.get(k, k)}\n{t}" for k, t, _s in groups]
+    xs = list(range(len(groups)))
+    fig, axes = plt.subplots(2, 2, figsize=(14, 9))
+    (ax_lat, ax_slo), (ax_ref, ax_tp) = axes
+
+    width = 0.38
+    for i, p in enumerate(("p50", "p99")):
+        vals = [(s["ttft_ms"] if k == "chat" else s["latency_ms"])[p] or 0 for k, _t, s in groups]
+        ax_lat.bar([x + (i - 0.5) * width for x in xs], vals, width, label=p)
+    for x, (_k, _t, s) in zip(xs, groups, strict=True):
+        deadline = summary.get("deadline_ms", {}).get(_t)
+        if deadline:
+            ax_lat.hlines(deadline, x - 0.45, x + 0.45, color="red", lw=1.2)
+        if not s["answered"]:
+            ax_lat.text(
+                x, 0.5, "none\nanswered", transform=ax_lat.get_xaxis_transform(), ha="center", fontsize=7
+            )
+    ax_lat.set_yscale("log")
+    ax_lat.set_ylabel("answered ms (log; chat: first token; red: deadline)")
+    ax_lat.legend(fontsize=8, loc="upper left")
+
+    slo = [s["slo_attainment_pct"] or 0 for _k, _t, s in groups]
+    ax_slo.bar(xs, slo, color=["C2" if v >= 99 else "C1" if v >= 90 else "C3" for v in slo])
+    for x, v in zip(xs, slo, strict=True):
+        ax_slo.text(x, v + 1, f"{v:.1f}", ha="center", fontsize=8)
+    ax_slo.set_ylim(0, 110)
+    ax_slo.set_ylabel("SLO attainment % (answered in deadline / sent)")
+
+    codes = sorted({c for _k, _t, s in groups for c in [*s["rejected"], *s["other_errors"]]})
+    bottom = [0.0] * len(groups)
+    for j, code in enumerate(codes):
+        vals = [float(s["rejected"].get(code, 0) + s["other_errors"].get(code, 0)) for _k, _t, s in groups]
+        ax_ref.bar(xs, vals, bottom=bottom, label=code, color=f"C{j % 10}")
+        bottom = [b + v for b, v in zip(bottom, vals, strict=True)]
+    unacc = [float(s["unaccounted"]) for _k, _t, s in groups]
+    if any(unacc):
+        ax_ref.bar(xs, unacc, bottom=bottom, label="no answer / lost", color="black")
+    ax_ref.set_ylabel("refused and failed requests")
+    if codes or any(unacc):
+        ax_ref.legend(fontsize=7)
+    else:
+        ax_ref.text(0.5, 0.5, "none refused", transform=ax_ref.transAxes, ha="center")
+
+    tiers = [t for t in summary["tiers"]]
+    chat = summary["kinds"].get("chat", {})
+    speech = summary["kinds"].get("transcriptions", {})
+    tx = list(range(len(tiers)))
+    ax_tp.bar([x - 0.2 for x in tx], [(chat.get(t) or {}).get("tokens_per_s") or 0 for t in tiers], 0.4,
+              color="C0", label="chat output tokens/s")  # fmt: skip
+    ax_tp.set_ylabel("chat output tokens/s", color="C0")
+    ax_audio = ax_tp.twinx()
+    ax_audio.bar([x + 0.2 for x in tx], [(speech.get(t) or {}).get("audio_s_per_s") or 0 for t in tiers], 0.4,
+                 color="C1", label="speech audio s/s")  # fmt: skip
+    ax_audio.set_ylabel("speech audio s per s", color="C1")
+    ax_tp.set_xticks(tx, tiers)
+    ax_tp.set_title("answered throughput per tier", fontsize=9)
+
+    for ax in (ax_lat, ax_slo, ax_ref):
+        ax.set_xticks(xs, labels, fontsize=8 if len(xs) < 8 else 7)
+        ax.set_xlim(-0.6, len(xs) - 0.4)
+    fig.suptitle(f"{summary.get('shape') or ''} run per kind and tier: {summary['seconds']:.0f} s")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+ARTIFACT_PATTERNS = (
+    "summary.json", "report.png", "kinds.png", "requests.meta.json", "requests.jsonl", "command.txt",
+    "locust*.csv", "locust.html", "locust.json", "locust.log",
+)  # fmt: skip
+
+
+def mlflow_metrics(summary: dict[str, Any]) -> dict[str, float]:
+    """`<kind>/<tier>/<what>` per kind and tier (tier "all": the kind over every tier),
+    `tier/<tier>/<what>` per tier, `all/<what>` and `cost/...`: p50/p99, SLO attainment and more."""
+    metrics: dict[str, float] = {}
+
+    def add(prefix: str, s: dict[str, Any]) -> None:
+        values = {
+            "sent": s["sent"],
+            "answered": s["answered"],
+            "refused": s["rejected_total"],
+            "http_errors": s["http_errors"],
+            "unaccounted": s["unaccounted"],
+            "p50_ms": s["latency_ms"]["p50"],
+            "p95_ms": s["latency_ms"]["p95"],
+            "p99_ms": s["latency_ms"]["p99"],
+            "slo_attainment_pct": s["slo_attainment_pct"],
+            "answered_per_s": s["rps_answered"],
+            "ttft_p50_ms": s["ttft_ms"]["p50"],
+            "ttft_p99_ms": s["ttft_ms"]["p99"],
+            "tokens_per_s": s["tokens_per_s"],
+            "decode_tokens_per_s_p50": s["decode_tokens_per_s"]["p50"],
+            "audio_s_per_s": s["audio_s_per_s"],
+        }
+        for key, value in values.items():
+            if value is not None:
+                metrics[f"{prefix}/{key}"] = float(value)
+
+    for kind, tiers in summary.get("kinds", {}).items():
+        for tier, s in tiers.items():
+            add(f"{kind}/{tier}", s)
+    for tier, s in summary["tiers"].items():
+        add(f"tier/{tier}", s)
+    add("all", summary["total"])
+    cost = summary.get("cost") or {}
+    if cost.get("cost_per_1k_requests") is not None:
+        metrics["cost/per_1k_requests"] = float(cost["cost_per_1k_requests"])
+        metrics["cost/total"] = float(cost["cost"])
+    for tenant, t in (cost.get("tenants") or {}).items():
+        if t["cost_per_1k_requests"] is not None:
+            metrics[f"cost/{tenant}/per_1k_requests"] = float(t["cost_per_1k_requests"])
+    metrics["accounting/balanced"] = float(summary["accounting"]["balanced"])
+    return metrics
+
+
+def log_to_mlflow(
+    summary: dict[str, Any],
+    out: Path,
+    tracking_uri: str = DEFAULT_TRACKING_URI,
+    artifact_root: str | Path = DEFAULT_ARTIFACT_ROOT,
+    run_name: str | None = None,
+) -> str:
+    """One run in the `loadtest` experiment: params = the locustfile's options, metrics = per kind
+    and tier p50/p99/attainment (see mlflow_metrics), artifacts = the report's and Locust's files."""
+    import mlflow
+
+    from infergraph.optimize import tracking
+    from infergraph.paths import absolute_tracking_uri, project_path
+
+    uri = absolute_tracking_uri(tracking_uri)
+    root = project_path(artifact_root)
+    client = tracking.connect(uri, root)
+    experiment = tracking.named_experiment(client, EXPERIMENT, root / EXPERIMENT)
+    meta = summary.get("meta") or {}
+    options = meta.get("options") or {}
+    params: dict[str, Any] = {f"ig.{k.removeprefix('ig_')}": v for k, v in options.items()}
+    params |= {
+        "shape": summary.get("shape"),
+        "host": summary.get("host"),
+        "locust": meta.get("locust_version"),
+    }
+    params |= {
+        f"kinds.{tier}": ",".join(f"{k}:{w:g}" for k, w in mix.items())
+        for tier, mix in (meta.get("kinds") or {}).items()
+    }
+    name = run_name or f"{summary.get('shape') or 'none'} {options.get('ig_kinds', 'embeddings')} {out.name}"
+    with mlflow.start_run(experiment_id=experiment, run_name=name) as run:
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items() if v is not None})
+        mlflow.log_metrics(mlflow_metrics(summary))
+        mlflow.set_tags(
+            {
+                "shape": str(summary.get("shape")),
+                "balanced": str(summary["accounting"]["balanced"]),
+                "run_dir": str(out.resolve()),
+                "kinds": ",".join(summary.get("kinds") or {}),
+            }
+        )
+        files = sorted({f for pattern in ARTIFACT_PATTERNS for f in out.glob(pattern) if f.is_file()})
+        for f in files:
+            mlflow.log_artifact(str(f))
+        return str(run.info.run_id)
+
+
 def _phase_edges(
     records: Sequence[dict[str, Any]], summary: dict[str, Any], start: float
 ) -> list[tuple[str, float, float]]:
@@ -469,8 +825,16 @@ def find_inputs(target: Path) -> tuple[Path, Path | None, Path | None, Path]:
     return log, meta if meta.exists() else None, stats[0] if len(stats) == 1 else None, out
 
 
-def report(target: Path, make_plot: bool = True, quiet: bool = False) -> dict[str, Any]:
-    """Summarize a run; writes summary.json (and report.png) next to the log. Returns the summary."""
+def report(
+    target: Path,
+    make_plot: bool = True,
+    quiet: bool = False,
+    tracking_uri: str | None = None,
+    artifact_root: str | Path = DEFAULT_ARTIFACT_ROOT,
+    run_name: str | None = None,
+) -> dict[str, Any]:
+    """Summarize a run; writes summary.json (and report.png, kinds.png) next to the log and, with a
+    `tracking_uri`, logs it as an MLflow run (its id in summary["mlflow_run_id"]). Returns the summary."""
     log, meta_path, stats_path, out = find_inputs(target)
     records = read_requests(log)
     meta = json.loads(meta_path.read_text()) if meta_path else None
@@ -478,14 +842,20 @@ def report(target: Path, make_plot: bool = True, quiet: bool = False) -> dict[st
     source = "json" if stats_path is not None and stats_path.suffix == ".json" else "csv"
     summary = summarize(records, meta, locust_stats, source)
     summary["inputs"] = {"log": str(log), "meta": str(meta_path or ""), "locust_stats": str(stats_path or "")}
+    summary["meta"] = {k: (meta or {}).get(k) for k in ("options", "kinds", "locust_version")}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    written = [out / "summary.json"]
     if make_plot and records:
         plot(records, summary, out / "report.png")
+        plot_kinds(summary, out / "kinds.png")
+        written += [out / "report.png", out / "kinds.png"]
     if not quiet:
         print_report(summary, title=str(out))
-        print(
-            f"wrote {out / 'summary.json'}" + (f" and {out / 'report.png'}" if make_plot and records else "")
-        )
+        print("wrote " + ", ".join(str(p) for p in written))
+    if tracking_uri:
+        summary["mlflow_run_id"] = log_to_mlflow(summary, out, tracking_uri, artifact_root, run_name)
+        if not quiet:
+            print(f"logged MLflow run {summary['mlflow_run_id']} (experiment {EXPERIMENT!r}, {tracking_uri})")
     return summary
 
 
@@ -496,9 +866,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("target", type=Path, help=f"run dir (holding {LOG_NAME}) or a request log")
     parser.add_argument("--no-plot", action="store_true", help="skip report.png")
     parser.add_argument("--strict", action="store_true", help="exit 1 when the accounting does not balance")
+    parser.add_argument(
+        "--mlflow", action="store_true", help=f"log the run to MLflow (experiment {EXPERIMENT!r})"
+    )
+    parser.add_argument(
+        "--tracking-uri", default=DEFAULT_TRACKING_URI, help="MLflow store (relative: the project's)"
+    )
+    parser.add_argument(
+        "--artifact-root", default=DEFAULT_ARTIFACT_ROOT, help="MLflow artifacts (new experiment)"
+    )
+    parser.add_argument("--run-name", help="MLflow run name (default: shape, kinds, run dir)")
     args = parser.parse_args(argv)
     try:
-        summary = report(args.target, make_plot=not args.no_plot)
+        summary = report(
+            args.target,
+            make_plot=not args.no_plot,
+            tracking_uri=args.tracking_uri if args.mlflow else None,
+            artifact_root=args.artifact_root,
+            run_name=args.run_name,
+        )
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
