@@ -137,28 +137,29 @@ def test_bad_uploads_are_refused_with_openai_errors_and_nothing_else_is_disturbe
 
 
 def test_a_premium_clip_is_answered_while_batch_tier_long_audio_is_transcribed(service, speech):
-    """A batch-tier upload of several minutes is being transcribed window by window; a premium clip
-    sent after it rides the next pass and comes back long before the batch answer."""
-    long_audio = encode(np.concatenate([speech, silence(0.7)] * 40), "flac")  # ~4.5 min of speech
+    """A batch-tier upload of several minutes is being transcribed (one long pass of ~20 windows); a
+    premium clip sent meanwhile starts at once in the express lane and comes back first, quickly."""
+    # ~9 min of speech, ~8 MB: also over gRPC's 4 MiB default between deployments (configs/serve.env)
+    long_audio = encode(np.concatenate([speech, silence(0.7)] * 80), "flac")
     clip = encode(synthesize(SHORT), "wav")
     done: dict[str, float] = {}
     started = time.perf_counter()
 
     def batch() -> None:
         r = post(service, {"file": ("long.flac", long_audio)}, {"model": TINY}, key=KEYS["batch"])
-        assert r.status_code == 200, r.text
-        done["batch"] = time.perf_counter() - started
+        done["batch" if r.status_code == 200 else r.text] = time.perf_counter() - started
 
     thread = threading.Thread(target=batch)
     thread.start()
-    time.sleep(3.0)  # decoded, cut, and its first pass running
+    time.sleep(2.0)  # decoded, cut, and its pass running
     sent = time.perf_counter()
     premium = post(service, {"file": ("clip.wav", clip)}, {"model": TINY}, key=KEYS["premium"])
     premium_s = time.perf_counter() - sent
     thread.join(timeout=300)
     assert premium.status_code == 200 and wer(SHORT, premium.json()["text"]) <= 0.2, premium.text
-    assert "batch" in done, "the batch request did not finish"
-    assert sent - started + premium_s < done["batch"] - 2.0, (premium_s, done)
+    assert "batch" in done, done
+    assert sent - started + premium_s < done["batch"], (sent - started, premium_s, done)  # overtook it
+    assert premium_s < 2.0, premium_s  # did not wait for the batch pass (several seconds)
 
 
 def test_the_model_cards_say_what_each_speech_model_can_do(service):

@@ -196,6 +196,7 @@ def test_quick_run_logs_registers_and_promotes(quick_run):
     assert promoted.tags["engine"] == "ctranslate2" and promoted.tags["precision"] in {"fp32", "int8"}
     assert promoted.tags.get("production_reason")
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # another test may have pointed the registry elsewhere
     path = mlflow.artifacts.download_artifacts(
         artifact_uri=f"models:/{MODEL}@production", dst_path=str(results.parent / "download")
     )
