@@ -70,6 +70,7 @@ def test_quick_run_logs_measures_registers_and_promotes(quick_run):
     promoted = client.get_model_version_by_alias(MODEL, "production")
     assert promoted.tags.get("production_reason")
     mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)  # another test may have pointed the registry elsewhere
     path = mlflow.artifacts.download_artifacts(
         artifact_uri=f"models:/{MODEL}@production", dst_path=str(results.parent / "download")
     )
