@@ -67,7 +67,6 @@ import mlflow
 import numpy as np
 import torch
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -598,21 +597,15 @@ def log_and_register(
         mlflow.set_tags(
             {"variant": run.precision, "precision": run.precision, "target": "cpu", "gate": run.gate}
         )
-        mlflow.log_params({"precision": run.precision, "engine": "infergraph", **_flat(evaluation)})
+        mlflow.log_params(
+            {"precision": run.precision, "engine": "infergraph", **tracking.flat_params(evaluation)}
+        )
         mlflow.log_metrics({k: v for k, v in run.metrics.items() if math.isfinite(v)})
         mlflow.log_dict(manifest, f"model/{ARTIFACT_FILE}")
         mlflow.log_dict(evaluation, "evaluation.json")
         if run.notes:
             mlflow.set_tag("mlflow.note.content", "; ".join(run.notes))
         run_id = child.info.run_id
-    try:
-        client.create_registered_model(
-            spec.name,
-            description=f"precisions of the LLM from `python -m infergraph.optimize.llm` ({ARTIFACT_FILE})",
-        )
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
     m = run.metrics
     tags = {
         "kind": "llm",
@@ -623,12 +616,8 @@ def log_and_register(
         RANK_BY: f"{m.get(RANK_BY, float('nan')):.1f}",
         "gate": run.gate,
     }
-    source = f"{client.get_run(run_id).info.artifact_uri}/model"
-    run.version = str(client.create_model_version(spec.name, source=source, run_id=run_id, tags=tags).version)
-
-
-def _flat(evaluation: dict[str, Any]) -> dict[str, str]:
-    return {k: str(v) for k, v in evaluation.items() if not isinstance(v, list)}
+    description = f"precisions of the LLM from `python -m infergraph.optimize.llm` ({ARTIFACT_FILE})"
+    run.version = tracking.register_version(client, spec.name, run_id, tags, description)
 
 
 # --------------------------------------------------------------------------- report

@@ -48,7 +48,6 @@ import mlflow
 import numpy as np
 import yaml
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -323,20 +322,12 @@ def log_and_register(
                 "gate": run.gate,
             }
         )
-        flat = {k: str(v) for k, v in evaluation.items() if not isinstance(v, list)}
-        mlflow.log_params({"model": spec.name, "engine": run.engine, "precision": run.precision, **flat})
+        params = {"model": spec.name, "engine": run.engine, "precision": run.precision}
+        mlflow.log_params({**params, **tracking.flat_params(evaluation)})
         mlflow.log_metrics({k: v for k, v in run.metrics.items() if math.isfinite(v)})
         mlflow.log_dict(variant_manifest(spec, run), f"model/{ARTIFACT_FILE}")
         mlflow.log_dict({"evaluation": evaluation, "first_transcripts": run.samples}, "evaluation.json")
         run_id = child.info.run_id
-    try:
-        client.create_registered_model(
-            spec.name,
-            description=f"engines x precisions from `python -m infergraph.optimize.speech` ({ARTIFACT_FILE})",
-        )
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
     m = run.metrics
     tags = {
         "kind": "speech-to-text",
@@ -346,8 +337,8 @@ def log_and_register(
         "rtf": f"{m.get('rtf', math.nan):.4f}",
         "gate": run.gate,
     }
-    source = f"{client.get_run(run_id).info.artifact_uri}/model"
-    run.version = str(client.create_model_version(spec.name, source=source, run_id=run_id, tags=tags).version)
+    description = f"engines x precisions from `python -m infergraph.optimize.speech` ({ARTIFACT_FILE})"
+    run.version = tracking.register_version(client, spec.name, run_id, tags, description)
 
 
 # --------------------------------------------------------------------------- report

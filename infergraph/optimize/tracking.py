@@ -64,14 +64,6 @@ def log_variant(result: VariantResult, report: dict[str, Any]) -> str:
 
 def register(client: MlflowClient, result: VariantResult, run_id: str) -> str:
     """A registry version of the run's `model` folder, tagged with what it is and how it scored."""
-    try:
-        client.create_registered_model(
-            result.model, description="variants from `python -m infergraph.optimize`"
-        )
-    except MlflowException as exc:
-        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-            raise
-    source = f"{client.get_run(run_id).info.artifact_uri}/model"
     tags = {
         "variant": result.variant,
         "precision": result.precision,
@@ -79,8 +71,28 @@ def register(client: MlflowClient, result: VariantResult, run_id: str) -> str:
         "quality_pct_of_fp32": f"{result.quality_pct:.2f}",
         "throughput_b32": f"{result.metrics.get('throughput_b32', 0):.1f}",
     }
-    version = client.create_model_version(result.model, source=source, run_id=run_id, tags=tags)
-    return str(version.version)
+    return register_version(
+        client, result.model, run_id, tags, "variants from `python -m infergraph.optimize`"
+    )
+
+
+def register_version(
+    client: MlflowClient, model: str, run_id: str, tags: dict[str, str], description: str
+) -> str:
+    """A new version of registered model `model` (created with `description` the first time) from the
+    run's `model` artifact folder; returns the version number."""
+    try:
+        client.create_registered_model(model, description=description)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    source = f"{client.get_run(run_id).info.artifact_uri}/model"
+    return str(client.create_model_version(model, source=source, run_id=run_id, tags=tags).version)
+
+
+def flat_params(evaluation: dict[str, Any]) -> dict[str, str]:
+    """An evaluation's scalar settings as MLflow params (lists stay in its JSON artifact)."""
+    return {k: str(v) for k, v in evaluation.items() if not isinstance(v, list)}
 
 
 def promote(client: MlflowClient, model: str, alias: str, version: str, why: str) -> None:
