@@ -31,9 +31,7 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 import re
-import shutil
 import subprocess
 import tempfile
 from collections.abc import Sequence
@@ -45,13 +43,15 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from infergraph.debian import ensure_command
 from infergraph.files import atomic_write_text, move_into_place, scratch_dir
 from infergraph.runtimes.sources import cache_root
 from infergraph.runtimes.speech.audio import decode
 from infergraph.runtimes.speech.engine import SAMPLE_RATE, WINDOW_S
 
 VOICE = "voice_cmu_us_slt_arctic_hts"
-INSTALL_HINT = "apt-get install festival festvox-us-slt-hts"
+PACKAGES = ("festival", "festvox-us-slt-hts")
+INSTALL_HINT = "apt-get install " + " ".join(PACKAGES)
 DEFAULT_COUNT = 300
 DEFAULT_SNRS = (20.0, 10.0, 5.0)
 MIN_WORDS, MAX_WORDS = 5, 30
@@ -233,11 +233,7 @@ def measured_snr_db(clean: np.ndarray, noisy: np.ndarray) -> float:
 def text2wave() -> str:
     """Festival's `text2wave`, installing Debian's packages first where we may (root with apt-get), so
     that the test command sets up a fresh machine by itself."""
-    path = shutil.which("text2wave")
-    if path is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run([*INSTALL_HINT.split(), "-y", "-q"], env=env, capture_output=True, check=False)
-        path = shutil.which("text2wave")
+    path = ensure_command("text2wave", PACKAGES)
     if path is None:
         raise FestivalMissingError(f"Festival's `text2wave` is not installed: `{INSTALL_HINT}`")
     return path

@@ -4,15 +4,14 @@ schemas check it (KubeRay's CRDs copied under `k8s/crds/`, Kubernetes' own from 
 from __future__ import annotations
 
 import functools
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from infergraph.debian import ensure_command
 from infergraph.paths import PROJECT_ROOT
 
 K8S = PROJECT_ROOT / "k8s"
@@ -26,11 +25,7 @@ def ensure_kubectl() -> str:
     """The path of a `kubectl` whose built-in kustomize reads these kustomizations (v5: kubectl 1.27+),
     installing the `kubectl` package first where we may (root with apt-get: the test command sets up a
     fresh machine by itself). Debian's own `kubernetes-client` (1.20, kustomize v2) is too old."""
-    found = shutil.which("kubectl")
-    if not found and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "install", "-y", "-q", *PACKAGES], env=env, capture_output=True)
-        found = shutil.which("kubectl")
+    found = ensure_command("kubectl", PACKAGES)
     if not found:
         raise RuntimeError(
             f"kubectl renders the kustomize tree: apt-get install {' '.join(PACKAGES)} "
