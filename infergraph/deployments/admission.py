@@ -16,6 +16,10 @@ current backlog makes unreachable (503), both with the seconds after which a ret
 idle model a request is always tried: refusing it would send a client into retries that meet the same
 estimate.
 Queued requests whose deadline passes are failed at dispatch.
+
+A watchdog keeps every accepted request's promise: one whose model has not answered `answer_grace_s`
+after its deadline (a hung or lost replica) gets 503 `deadline_exceeded` then, and a call that outlives
+the last deadline it carries is cancelled, so a silent replica cannot hold the model's capacity.
 """
 
 from __future__ import annotations
@@ -108,8 +112,10 @@ class ModelQueue:
         prior_s_per_unit: float = 0.01,
         prior_call_s: float = 0.05,
         clock: Callable[[], float] = time.time,
+        answer_grace_s: float = 0.25,
     ) -> None:
         self.send, self.tiers, self.clock = send, tiers, clock
+        self.answer_grace_s = answer_grace_s
         self.max_in_flight_per_replica = max_in_flight_per_replica
         self.max_calls_per_replica = max_calls_per_replica
         self.express_calls_per_replica = express_calls_per_replica
@@ -161,20 +167,29 @@ class ModelQueue:
     ) -> tuple[Any, Ticket]:
         """Queue one request; returns the deployment's answer and the ticket (for its timings).
 
-        Raises `Rejection` (full queue, unreachable or passed deadline). If the caller is
-        cancelled (client went away) while the request waits, it leaves the queue.
+        Raises `Rejection` (full queue, unreachable or passed deadline, no answer by the deadline).
+        If the caller is cancelled (client went away) while the request waits, it leaves the queue.
         """
         ticket = self._admit(work, units, tier, deadline, tenant)
         queue = self.queues[tier]
         queue.append(ticket)
         self.pump()
         try:
-            return await ticket.future, ticket
+            async with asyncio.timeout(self.watchdog_s(deadline)):
+                return await asyncio.shield(ticket.future), ticket
+        except TimeoutError:
+            if ticket in queue:
+                queue.remove(ticket)
+            raise Rejection(503, "deadline_exceeded", "no answer from the model by the deadline", 1) from None
         except asyncio.CancelledError:
             if ticket in queue:  # not yet dispatched
                 queue.remove(ticket)
                 self.on_cancelled(ticket)
             raise
+
+    def watchdog_s(self, deadline: float) -> float:
+        """Seconds from now until a request of `deadline` is answered 503 whatever its model does."""
+        return max(0.0, deadline - self.clock()) + self.answer_grace_s
 
     async def hold(self, units: int, tier: Tier, deadline: float, tenant: str = "") -> Ticket:
         """Wait for room for a streamed request (an LLM generation) and return its granted ticket.
@@ -316,7 +331,13 @@ class ModelQueue:
     async def _call(self, group: list[Ticket]) -> None:
         units = sum(t.units for t in group)
         try:
-            results = await self.send(group)
+            async with asyncio.timeout(self.watchdog_s(max(t.deadline for t in group))):
+                results = await self.send(group)
+        except TimeoutError:  # the watchdog: cancels the call (Serve cancels it on the replica)
+            late = Rejection(503, "deadline_exceeded", "no answer from the model by the deadline", 1)
+            for t in group:
+                if not t.future.done():
+                    t.future.set_exception(late)
         except Exception as exc:
             for t in group:
                 if not t.future.done():

@@ -249,7 +249,14 @@ class Gateway:
         headers = {"x-infergraph-tier": tier.value, "x-infergraph-queue-ms": f"{ticket.queued_s * 1000:.2f}"}
         try:
             try:
-                first: LLMEvent = await anext(events)
+                async with asyncio.timeout(model.queue.watchdog_s(deadline)):  # a silent replica
+                    first: LLMEvent = await anext(events)
+            except TimeoutError:
+                silent = Rejection(
+                    503, "deadline_exceeded", "no first token from the model by the deadline", 1
+                )
+                self.metrics.rejected(model.name, tier.value, name, silent.code)
+                raise rejection_error(silent) from None
             except Rejection as lost:  # the replica went away before the first event
                 tenant.refund(self.clock())
                 self.metrics.rejected(model.name, tier.value, name, lost.code)

@@ -266,3 +266,25 @@ def test_a_large_request_on_an_idle_model_is_tried_not_refused():
         return info.value
 
     assert asyncio.run(scenario()).code == "deadline_exceeded"
+
+
+def test_a_silent_model_is_answered_503_just_after_the_deadline_and_frees_its_capacity():
+    """A hung replica (no answer, no error) must not hold an accepted request past its deadline, nor
+    the model's call slots forever: the watchdog answers 503 and cancels the call."""
+
+    async def scenario():
+        model = FakeModel()  # never released: silent
+        q = queue(model, answer_grace_s=0.05)
+        started = asyncio.get_running_loop().time()
+        import time
+
+        with pytest.raises(Rejection) as refused:
+            await asyncio.wait_for(submit(q, ["hung"], Tier.premium, time.time() + 0.3), timeout=3)
+        waited = asyncio.get_running_loop().time() - started
+        await settle()
+        return refused.value, waited, q.in_flight_units, q.in_flight_calls
+
+    rejection, waited, units, calls = asyncio.run(scenario())
+    assert (rejection.status, rejection.code) == (503, "deadline_exceeded") and rejection.retry_after_s
+    assert 0.3 <= waited < 1.0
+    assert (units, calls) == (0, 0), "the hung call still holds the model's capacity"

@@ -362,3 +362,35 @@ def test_bad_sampling_values_are_400(body, param):
     gw, stand_in = llm_gateway(TEXT)
     error = refused(gw, ChatCompletionsEndpoint(), Body(body))
     assert (error.status, error.param) == (400, param) and stand_in.jobs == []
+
+
+def test_a_model_silent_before_its_first_token_is_a_503_at_the_deadline():
+    """The deadline applies to the first token: a replica that never sends one (hung) gets the
+    client a 503 with Retry-After shortly after it, and the slot back."""
+
+    class Silent(StandInGenerator):
+        async def open(self, job):
+            self.jobs.append(job)
+            try:
+                await asyncio.sleep(3600)
+                yield LLMEvent(0, "never", None, 1, 1)
+            finally:
+                self.closed += 1
+
+    gw, _ = llm_gateway([])
+    silent = Silent([])
+    gw.models["lm"] = ServedModel("lm", "llm", gw.models["lm"].queue, silent.info, open_stream=silent.open)
+    gw.models["lm"].queue.answer_grace_s = 0.05
+
+    async def scenario():
+        endpoint = ChatCompletionsEndpoint()
+        serving = gw.serve(
+            endpoint, endpoint.paths[0], "Bearer gold-key", Body({**CHAT, "stream": True}), 300.0
+        )
+        return await asyncio.wait_for(serving, timeout=3)
+
+    with pytest.raises(ApiError) as err:
+        asyncio.run(scenario())
+    assert (err.value.status, err.value.code) == (503, "deadline_exceeded")
+    assert "Retry-After" in err.value.headers
+    assert gw.models["lm"].queue.in_flight_units == 0 and silent.closed == 1
