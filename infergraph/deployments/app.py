@@ -11,6 +11,7 @@ from ray.serve import Application
 from infergraph.deployments.admission import AdmissionConfig
 from infergraph.deployments.context import BuildContext
 from infergraph.deployments.kinds import KINDS
+from infergraph.deployments.ledger import TenantLedger
 from infergraph.deployments.router import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_UPLOAD_BYTES, Router
 from infergraph.deployments.tenants import load_tenants
 from infergraph.paths import absolute_tracking_uri, launch_root, project_path
@@ -46,6 +47,10 @@ class AppArgs(BaseModel):
         default_factory=dict, description="per model: AdmissionConfig fields over `admission` and its kind's"
     )
     registry: RegistryArgs = RegistryArgs()
+    shared_tenant_limits: bool = Field(
+        True,
+        description="rates and quotas per tenant across router replicas (a TenantLedger); off: per replica",
+    )
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -62,6 +67,9 @@ def build_app(args: dict[str, Any]) -> Application:
     for name in with_dependencies(catalog, opts.models):
         spec = catalog.get(name)
         bound[name] = KINDS[spec.kind].bind(spec, ctx, bound)
+    ledger = None
+    if opts.shared_tenant_limits:
+        ledger = TenantLedger.bind(tenants.model_dump(mode="json"))  # type: ignore[attr-defined]
     return Router.bind(  # type: ignore[attr-defined]
         bound,
         {name: catalog.get(name).kind for name in bound},
@@ -75,6 +83,7 @@ def build_app(args: dict[str, Any]) -> Application:
             name: {**KINDS[catalog.get(name).kind].admission, **opts.model_admission.get(name, {})}
             for name in bound
         },
+        ledger=ledger,
     )
 
 

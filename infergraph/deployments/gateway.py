@@ -125,10 +125,10 @@ class Gateway:
         except Rejection as rejection:
             raise ApiError(401, rejection.message, code=rejection.code) from None
 
-    def admit(self, tenant: TenantState, now: float) -> None:
+    async def admit(self, tenant: TenantState, now: float) -> None:
         """Charge the request to the tenant's rate limits and quota, or refuse it (429)."""
         try:
-            tenant.admit(now)
+            await tenant.acquire(now)
         except Rejection as rejection:
             self.metrics.rejected(NO_MODEL, tenant.config.tier.value, tenant.config.name, rejection.code)
             raise rejection_error(rejection) from None
@@ -174,7 +174,7 @@ class Gateway:
     ) -> Answer | StreamAnswer:
         started = self.clock()
         tenant = self.authenticate(authorization)
-        self.admit(tenant, started)
+        await self.admit(tenant, started)
         raw = await self._read_body(tenant, read_body)
         body_read = self.clock()
         try:

@@ -23,6 +23,7 @@ from infergraph.deployments.admission import AdmissionConfig, ModelQueue, Ticket
 from infergraph.deployments.errors import ApiError, install_error_handlers
 from infergraph.deployments.gateway import Gateway, ServedModel, StreamAnswer
 from infergraph.deployments.kinds import endpoints_by_path, kind_streams
+from infergraph.deployments.ledger import Grant, Lease, LeasedTenantState
 from infergraph.deployments.metrics import RouterMetrics
 from infergraph.deployments.replicas import (
     REPLICA_LOST,
@@ -173,6 +174,26 @@ def stream_opener(handle: DeploymentHandle) -> Callable[[Job[Any]], AsyncGenerat
     return open_stream
 
 
+def ledger_lease(ledger: DeploymentHandle, timeout_s: float = 1.0) -> Lease:
+    """Lease calls to the TenantLedger deployment, given up after `timeout_s` (then the router uses
+    its own limits until the ledger answers again)."""
+
+    async def lease(tenant: str, want: int, returned: int, tokens: int) -> Grant:
+        async with asyncio.timeout(timeout_s):
+            grant: Grant = await ledger.lease.remote(tenant, want, returned, tokens)
+            return grant
+
+    return lease
+
+
+async def tidy_leases(states: list[LeasedTenantState], interval_s: float = 1.0) -> None:
+    """Give idle tenants' leases back to the ledger and report tokens used, every `interval_s`."""
+    while True:
+        await asyncio.sleep(interval_s)
+        for state in states:
+            await state.tidy(time.time())
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=512)
 @serve.ingress(app)
 class Router:
@@ -187,8 +208,16 @@ class Router:
         model_admission: dict[str, dict[str, Any]] | None = None,
         body_timeout_s: float = 30.0,
         max_bodies_per_tenant: int = 32,
+        ledger: DeploymentHandle | None = None,
     ) -> None:
-        registry = TenantRegistry(TenantsConfig.model_validate(tenants))
+        tenants_config = TenantsConfig.model_validate(tenants)
+        if ledger is None:  # limits per router replica
+            registry = TenantRegistry(tenants_config)
+        else:  # limits for each tenant as a whole, however many router replicas run (ledger.py)
+            lease = ledger_lease(ledger)
+            registry = TenantRegistry(
+                tenants_config, make_state=lambda c, now: LeasedTenantState(c, now, lease)
+            )
         metrics = RouterMetrics(registry.config.price_per_replica_hour)
         self.admission = AdmissionConfig.model_validate(admission or {})
         served = {}
@@ -211,14 +240,18 @@ class Router:
         self.max_body_bytes, self.max_upload_bytes = max_body_bytes, max_upload_bytes
         self.started = int(time.time())
         self._replica_counts: asyncio.Task | None = None
+        self._leases: asyncio.Task | None = None
 
     def _follow_replicas(self) -> None:
+        """Start the background loops (replica counts, lease upkeep) once a loop runs."""
+        loop = asyncio.get_running_loop()
         if self._replica_counts is None or self._replica_counts.done():
             queues = {name: m.queue for name, m in self.gateway.models.items()}
             interval = self.admission.replica_refresh_s
-            self._replica_counts = asyncio.get_running_loop().create_task(
-                follow_replica_counts(queues, interval)
-            )
+            self._replica_counts = loop.create_task(follow_replica_counts(queues, interval))
+        leased = [s for s in self.gateway.tenants.by_hash.values() if isinstance(s, LeasedTenantState)]
+        if leased and (self._leases is None or self._leases.done()):
+            self._leases = loop.create_task(tidy_leases(leased))
 
     def record_autoscaling_stats(self) -> dict[str, float]:
         """Custom autoscaling metrics (Serve pulls them when the Router has an autoscaling_config)."""

@@ -173,6 +173,10 @@ class TenantState:
         self.requests.debit(1, now)
         self.day_requests += 1
 
+    async def acquire(self, now: float) -> None:
+        """`admit`, as the gateway calls it (a `LeasedTenantState` may have to ask the ledger)."""
+        self.admit(now)
+
     def refund(self, now: float) -> None:
         """Give back a request that was refused after `admit` (a full queue, a deadline the backlog
         makes unreachable): a refusal is not a use of the tenant's quota or rate."""
@@ -188,11 +192,16 @@ class TenantState:
 class TenantRegistry:
     """API key -> tenant, with each tenant's live limits."""
 
-    def __init__(self, config: TenantsConfig, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: TenantsConfig,
+        clock: Callable[[], float] = time.time,
+        make_state: Callable[[TenantConfig, float], TenantState] = TenantState,
+    ) -> None:
         self.config = config
         self.clock = clock
         now = clock()
-        self.by_hash = {t.key_sha256: TenantState(t, now) for t in config.tenants}
+        self.by_hash = {t.key_sha256: make_state(t, now) for t in config.tenants}
         by_name = {state.config.name: state for state in self.by_hash.values()}
         self.anonymous = by_name.get(config.anonymous_tenant or "")
 
