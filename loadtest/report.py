@@ -748,9 +748,12 @@ def log_to_mlflow(
     tracking_uri: str = DEFAULT_TRACKING_URI,
     artifact_root: str | Path = DEFAULT_ARTIFACT_ROOT,
     run_name: str | None = None,
+    experiment_name: str = EXPERIMENT,
+    extra_params: dict[str, Any] | None = None,
 ) -> str:
-    """One run in the `loadtest` experiment: params = the locustfile's options, metrics = per kind
-    and tier p50/p99/attainment (see mlflow_metrics), artifacts = the report's and Locust's files."""
+    """One run in the `loadtest` experiment (or `experiment_name`): params = the locustfile's options
+    and `extra_params`, metrics = per kind and tier p50/p99/attainment (see mlflow_metrics),
+    artifacts = the report's and Locust's files."""
     import mlflow
 
     from infergraph.optimize import tracking
@@ -759,7 +762,7 @@ def log_to_mlflow(
     uri = absolute_tracking_uri(tracking_uri)
     root = project_path(artifact_root)
     client = tracking.connect(uri, root)
-    experiment = tracking.named_experiment(client, EXPERIMENT, root / EXPERIMENT)
+    experiment = tracking.named_experiment(client, experiment_name, root / experiment_name)
     meta = summary.get("meta") or {}
     options = meta.get("options") or {}
     params: dict[str, Any] = {f"ig.{k.removeprefix('ig_')}": v for k, v in options.items()}
@@ -772,6 +775,7 @@ def log_to_mlflow(
         f"kinds.{tier}": ",".join(f"{k}:{w:g}" for k, w in mix.items())
         for tier, mix in (meta.get("kinds") or {}).items()
     }
+    params |= extra_params or {}
     name = run_name or f"{summary.get('shape') or 'none'} {options.get('ig_kinds', 'embeddings')} {out.name}"
     with mlflow.start_run(experiment_id=experiment, run_name=name) as run:
         mlflow.log_params({k: str(v)[:500] for k, v in params.items() if v is not None})
@@ -832,6 +836,8 @@ def report(
     tracking_uri: str | None = None,
     artifact_root: str | Path = DEFAULT_ARTIFACT_ROOT,
     run_name: str | None = None,
+    experiment_name: str = EXPERIMENT,
+    extra_params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Summarize a run; writes summary.json (and report.png, kinds.png) next to the log and, with a
     `tracking_uri`, logs it as an MLflow run (its id in summary["mlflow_run_id"]). Returns the summary."""
@@ -853,9 +859,11 @@ def report(
         print_report(summary, title=str(out))
         print("wrote " + ", ".join(str(p) for p in written))
     if tracking_uri:
-        summary["mlflow_run_id"] = log_to_mlflow(summary, out, tracking_uri, artifact_root, run_name)
+        summary["mlflow_run_id"] = log_to_mlflow(
+            summary, out, tracking_uri, artifact_root, run_name, experiment_name, extra_params
+        )
         if not quiet:
-            print(f"logged MLflow run {summary['mlflow_run_id']} (experiment {EXPERIMENT!r}, {tracking_uri})")
+            print(f"logged MLflow run {summary['mlflow_run_id']} ({experiment_name!r}, {tracking_uri})")
     return summary
 
 

@@ -1,0 +1,71 @@
+"""The tuning advisor's decisions, without a service: which trial wins, what the SLO means, and that
+the recommended serve.yaml differs from the shipped one only where the sweep changed it."""
+
+from __future__ import annotations
+
+import argparse
+
+import yaml
+
+from infergraph.bench.advisor import Trial, better, deployment, judge, with_changes, write_recommendation
+from infergraph.testing.service import DEFAULT_CONFIG
+
+MODEL = "all-MiniLM-L6-v2"
+ARGS = argparse.Namespace(slo_tier="premium", slo_p99_ms=150.0, max_refused_pct=1.0, load="--x", seconds=30.0)
+
+
+def trial(p99: float | None, meets: bool, **changes) -> Trial:
+    return Trial("t", changes, p99, 10.0, 0.0, 10.0, {}, 0, meets)
+
+
+def group(sent: int, answered: int, refused: int, p99: float | None) -> dict:
+    return {
+        "sent": sent,
+        "answered": answered,
+        "rejected_total": refused,
+        "http_errors": refused,
+        "unaccounted": 0,
+        "latency_ms": {"p50": 10.0, "p99": p99},
+        "rps_answered": answered / 10,
+    }
+
+
+def summary(premium_p99: float, premium_refused: int = 0, batch_answered: int = 50) -> dict:
+    tiers = {
+        "premium": group(100, 100 - premium_refused, premium_refused, premium_p99),
+        "batch": group(60, batch_answered, 60 - batch_answered, 900.0 if batch_answered else None),
+    }
+    refused = premium_refused + 60 - batch_answered
+    return {"tiers": tiers, "total": group(160, 160 - refused, refused, 800.0)}
+
+
+def test_meeting_the_slo_beats_a_lower_p99_that_misses_it():
+    assert better(trial(140, True), trial(90, False), 5)
+    assert not better(trial(90, False), trial(140, True), 5)
+
+
+def test_a_gain_within_noise_does_not_replace_the_best():
+    assert not better(trial(97, True), trial(100, True), 5)
+    assert better(trial(90, True), trial(100, True), 5)
+
+
+def test_the_slo_needs_the_tier_fast_few_refusals_and_every_tier_served():
+    assert judge(summary(120), ARGS)["meets_slo"]
+    assert not judge(summary(160), ARGS)["meets_slo"]  # too slow
+    assert not judge(summary(120, premium_refused=5), ARGS)["meets_slo"]  # 5% refused
+    assert not judge(summary(120, batch_answered=0), ARGS)["meets_slo"]  # batch starved
+
+
+def test_the_recommendation_changes_only_the_winning_knobs(tmp_path):
+    shipped = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    changes = {"user_config.max_batch_sentences": 8, "num_replicas": 2}
+    changed = with_changes(shipped, MODEL, changes)
+    dep = deployment(changed, MODEL)
+    assert dep["user_config"]["max_batch_sentences"] == 8 and dep["num_replicas"] == 2
+    assert deployment(shipped, MODEL)["user_config"]["max_batch_sentences"] != 8  # not modified in place
+    out = tmp_path / "recommended.yaml"
+    write_recommendation(out, DEFAULT_CONFIG, MODEL, trial(200, False), trial(120, True, **changes), ARGS)
+    text = out.read_text()
+    assert "premium p99 120" in text and "shipped 200" in text
+    recommended = yaml.safe_load(text)
+    assert recommended == with_changes(shipped, MODEL, changes)
