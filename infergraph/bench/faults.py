@@ -1,14 +1,16 @@
-"""Kill a model replica mid-load and measure what clients see (reliability issue, outcome 3, first case).
+"""Kill a model replica, or a router replica, mid-load and measure what clients see.
 
     uv run python -m infergraph.bench.faults                  # MiniLM on 2 replicas, ~1.5 min
+    uv run python -m infergraph.bench.faults --kill Router    # the router (the ingress) on 2 replicas
 
-The service runs all-MiniLM-L6-v2 on two replicas. Premium and batch clients send embeddings back
-to back (closed loop, single sentences for premium, 16-sentence lists for batch). After `--kill-at`
-seconds one replica's process gets SIGKILL (found by its Ray process title), as a crash or an OOM kill
-would do. Ray Serve starts a replacement. Reported: requests sent, failed and how (status, code,
-whether OpenAI-shaped with Retry-After), the longest time a request waited past its deadline, and how
-long until throughput (1 s windows) is back to 90% of what it was before the kill. Writes
-results/faults/replica_kill.json and .png.
+The service runs all-MiniLM-L6-v2 and the Router on two replicas each. Premium and batch clients
+send embeddings back to back (closed loop, single sentences for premium, 16-sentence lists for
+batch). After `--kill-at` seconds one replica's process of the `--kill` deployment gets SIGKILL
+(found by its Ray process title), as a crash or an OOM kill would do. Ray Serve starts a
+replacement. Reported: requests sent, failed and how (status, code, whether OpenAI-shaped with
+Retry-After), the longest time a request waited past its deadline, and how long until throughput
+(1 s windows) is back to 90% of what it was before the kill. Writes
+results/faults/replica_kill.json and .png (router_kill.* for the router).
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class Sample:
     shaped: bool  # an OpenAI-shaped error body
 
 
-def serve_config(workdir: Path, replicas: int) -> Path:
+def serve_config(workdir: Path, replicas: int, routers: int) -> Path:
     cfg = yaml.safe_load(DEFAULT_CONFIG.read_text())
     app = cfg["applications"][0]
     app["args"]["models"] = [MODEL]
@@ -59,23 +61,25 @@ def serve_config(workdir: Path, replicas: int) -> Path:
     model = next(d for d in app["deployments"] if d["name"] == MODEL)
     model["num_replicas"] = replicas
     model["ray_actor_options"] = {"num_cpus": 0.4}
+    router = next(d for d in app["deployments"] if d["name"] == "Router")
+    router["num_replicas"] = routers
     path = workdir / "serve.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
-def replica_pids() -> list[int]:
-    """Processes of the model's replicas (Ray titles them `ray::ServeReplica:<app>:<deployment>`)."""
+def replica_pids(deployment: str) -> list[int]:
+    """Processes of a deployment's replicas (Ray titles them `ray::ServeReplica:<app>:<deployment>`)."""
     found = []
     for proc in psutil.process_iter(["pid", "cmdline"]):
         cmdline = " ".join(proc.info["cmdline"] or [])
-        if f"ServeReplica:infergraph:{MODEL}" in cmdline:
+        if f"ServeReplica:infergraph:{deployment}" in cmdline:
             found.append(proc.info["pid"])
     return found
 
 
 async def load(
-    url: str, seconds: float, kill_at: float, clients: dict[str, int]
+    url: str, seconds: float, kill_at: float, clients: dict[str, int], victim: str = MODEL
 ) -> tuple[list[Sample], float]:
     texts = load_corpus()
     samples: list[Sample] = []
@@ -112,7 +116,7 @@ async def load(
     async def killer() -> None:
         nonlocal killed_at
         await asyncio.sleep(kill_at)
-        pids = replica_pids()
+        pids = replica_pids(victim)
         if pids:
             os.kill(pids[0], signal.SIGKILL)
             killed_at = time.perf_counter() - began
@@ -172,25 +176,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--kill-at", type=float, default=20)
     ap.add_argument("--premium-clients", type=int, default=4)
     ap.add_argument("--batch-clients", type=int, default=4)
+    ap.add_argument("--kill", default=MODEL, choices=[MODEL, "Router"], help="whose replica dies")
+    ap.add_argument("--replicas", type=int, default=2, help="replicas of the model and of the router")
     ap.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "faults")
     a = ap.parse_args(argv)
     console = Console()
     workdir = Path(tempfile.mkdtemp(prefix="ig-faults-"))
-    service = start_service(serve_config(workdir, replicas=2))
+    service = start_service(serve_config(workdir, replicas=a.replicas, routers=a.replicas))
     try:
         url = f"{service.base_url}/v1/embeddings"
         clients = {"premium": a.premium_clients, "batch": a.batch_clients}
-        with console.status(f"load for {a.seconds:.0f} s, one replica killed at {a.kill_at:.0f} s"):
-            samples, killed_at = asyncio.run(load(url, a.seconds, a.kill_at, clients))
+        with console.status(f"load for {a.seconds:.0f} s, one {a.kill} replica killed at {a.kill_at:.0f} s"):
+            samples, killed_at = asyncio.run(load(url, a.seconds, a.kill_at, clients, a.kill))
     finally:
         service.stop()
     summary = summarize(samples, killed_at, a.seconds)
     console.print({k: v for k, v in summary.items() if k != "answers_per_s"})
     a.out.mkdir(parents=True, exist_ok=True)
     record = {"summary": summary, "samples": [asdict(s) for s in samples]}
-    (a.out / "replica_kill.json").write_text(json.dumps(record))
-    plot(summary, a.out / "replica_kill.png")
-    console.print(f"wrote {a.out / 'replica_kill.json'} and replica_kill.png")
+    name = "replica_kill" if a.kill == MODEL else "router_kill"
+    (a.out / f"{name}.json").write_text(json.dumps(record))
+    plot(summary, a.out / f"{name}.png")
+    console.print(f"wrote {a.out / name}.json and .png")
 
 
 if __name__ == "__main__":
