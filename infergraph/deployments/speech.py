@@ -31,6 +31,7 @@ from infergraph.protocol.audio import (
     TranscribeWork,
     TranscriptionRequest,
     TranscriptionResult,
+    Word,
     transcription_payload,
 )
 from infergraph.protocol.common import Job, Tier
@@ -105,7 +106,9 @@ class SpeechDeployment:
     async def _transcribe(self, job: Job[TranscribeWork]) -> TranscriptionResult:
         work = job.work
         self.requests += 1
-        options = DecodeOptions(work.language, work.task, work.prompt, work.temperature, work.timestamps)
+        options = DecodeOptions(
+            work.language, work.task, work.prompt, work.temperature, work.timestamps, work.words
+        )
         loop = asyncio.get_running_loop()
         try:
             self.transcriber.check(options)
@@ -122,6 +125,7 @@ class SpeechDeployment:
         except AudioError as exc:
             param = "language" if exc.code == "unsupported_language" else "file"
             param = "model" if exc.code == "model_not_supported" else param
+            param = "timestamp_granularities[]" if exc.code == "unsupported_option" else param
             return TranscriptionResult(
                 error=exc.message, error_param=param, error_code=exc.code, error_status=exc.status
             )
@@ -136,6 +140,7 @@ class SpeechDeployment:
             segments=[
                 Segment(s.id, s.start, s.end, s.text, s.tokens, s.avg_logprob) for s in transcript.segments
             ],
+            words=[Word(w.word, w.start, w.end) for w in transcript.words] if work.words else None,
             usage_tokens=sum(len(s.tokens) for s in transcript.segments),
             batch_size=len(prepared.windows),
             compute_s=compute_s,

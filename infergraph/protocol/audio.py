@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator
 
 from infergraph.protocol.common import Outcome
 
@@ -56,18 +56,26 @@ class TranscriptionRequest(BaseModel):
             raise ValueError("language must be an ISO-639-1 code such as 'en'")
         return value.lower()
 
-    @model_validator(mode="after")
-    def _granularities(self) -> TranscriptionRequest:
-        if "word" in self.timestamp_granularities:
-            raise ValueError(
-                "word timestamps are not supported; use 'segment' with response_format verbose_json"
-            )
-        return self
+    @field_validator("timestamp_granularities")
+    @classmethod
+    def _granularities(cls, value: list[Granularity], info: ValidationInfo) -> list[Granularity]:
+        """Word timestamps come only in verbose_json, as OpenAI's (which refuses them otherwise)."""
+        if "word" in value and info.data.get("response_format", "json") != "verbose_json":
+            raise ValueError("word timestamps need response_format 'verbose_json'")
+        return value
 
     def work(self, task: Literal["transcribe", "translate"], duration_s: float) -> TranscribeWork:
         timestamps = self.response_format in ("verbose_json", "srt", "vtt")
+        words = "word" in self.timestamp_granularities
         return TranscribeWork(
-            self.file.data, duration_s, task, self.language, self.prompt or "", self.temperature, timestamps
+            self.file.data,
+            duration_s,
+            task,
+            self.language,
+            self.prompt or "",
+            self.temperature,
+            timestamps,
+            words,
         )
 
 
@@ -80,6 +88,7 @@ class TranscribeWork:
     prompt: str = ""
     temperature: float = 0.0
     timestamps: bool = False
+    words: bool = False  # word timestamps (verbose_json with the `word` granularity)
 
     @property
     def units(self) -> int:
@@ -98,11 +107,19 @@ class Segment:
 
 
 @dataclass
+class Word:
+    word: str
+    start: float  # seconds on the upload's time line, inside the word's segment
+    end: float
+
+
+@dataclass
 class TranscriptionResult(Outcome):
     text: str = ""
     language: str = ""
     duration_s: float = 0.0
     segments: list[Segment] = field(default_factory=list)
+    words: list[Word] | None = None  # when word timestamps were asked for
 
 
 def transcription_payload(req: TranscriptionRequest, result: TranscriptionResult, task: str) -> bytes:
@@ -131,14 +148,17 @@ def transcription_payload(req: TranscriptionRequest, result: TranscriptionResult
         }
         for s in result.segments
     ]
-    body = {
+    body: dict[str, object] = {
         "task": task,
         "language": _language_name(result.language),
         "duration": round(result.duration_s, 3),
         "text": result.text,
-        "segments": segments,
-        "usage": usage,
     }
+    if "word" in req.timestamp_granularities:  # OpenAI answers what was asked: words, segments or both
+        body["words"] = [{"word": w.word, "start": w.start, "end": w.end} for w in result.words or []]
+    if "segment" in req.timestamp_granularities:
+        body["segments"] = segments
+    body["usage"] = usage
     return orjson.dumps(body)
 
 

@@ -76,6 +76,33 @@ def test_verbose_json_has_segments_on_the_upload_time_line(client, speech):
     assert wer(f"{SENTENCE} {SHORT}", result.text) <= 0.2, result.text
 
 
+def test_verbose_json_with_word_timestamps(client, speech):
+    """`word` alone: `words` and no `segments` (as OpenAI answers); `word` and `segment`: both, every
+    word inside a segment, all on the upload's time line."""
+    audio = np.concatenate([silence(2.0), speech, silence(2.0), synthesize(SHORT)])
+    upload = ("two.wav", encode(audio, "wav"))
+    duration = len(audio) / 16000
+    words_only = client.audio.transcriptions.create(
+        model=TINY, file=upload, response_format="verbose_json", timestamp_granularities=["word"]
+    )
+    assert words_only.segments is None and words_only.words, words_only
+    both = client.audio.transcriptions.create(
+        model=TINY, file=upload, response_format="verbose_json", timestamp_granularities=["word", "segment"]
+    )
+    assert both.segments and both.words
+    for result in (words_only, both):
+        words = result.words or []
+        assert " ".join(w.word for w in words) == " ".join(result.text.split())
+        assert wer(f"{SENTENCE} {SHORT}", result.text) <= 0.2, result.text
+        assert words[0].start >= 1.5  # the leading silence is not speech
+        for before, after in zip(words, words[1:], strict=False):
+            assert before.start <= before.end <= after.start <= after.end <= duration + 0.01
+        please = next(w for w in words if w.word.strip(".,").lower() == "please")
+        assert please.start >= 2.0 + len(speech) / 16000 - 0.3, please  # after the pause began
+    segments = both.segments or []
+    assert all(any(s.start <= w.start <= w.end <= s.end for s in segments) for w in both.words or [])
+
+
 def test_text_srt_and_vtt_formats(service, wav):
     text = post(service, {"file": ("s.wav", wav)}, {"model": TINY, "response_format": "text"})
     assert text.status_code == 200 and text.headers["content-type"].startswith("text/plain")
@@ -122,7 +149,9 @@ def test_bad_uploads_are_refused_with_openai_errors_and_nothing_else_is_disturbe
         r = post(service, files, data)
         assert (r.status_code, error_of(r)["code"]) == (status, code), (data, files.keys(), r.text)
     word = post(service, {"file": ("a.wav", wav)}, {"model": TINY, "timestamp_granularities[]": "word"})
-    assert word.status_code == 400 and "word" in error_of(word)["message"]
+    assert (word.status_code, error_of(word)["code"]) == (400, "invalid_request")  # json: OpenAI refuses too
+    assert error_of(word)["param"] == "timestamp_granularities[]"
+    assert "verbose_json" in error_of(word)["message"], word.text
     translate = post(service, {"file": ("a.wav", wav)}, {"model": TINY}, path="translations")
     assert (translate.status_code, error_of(translate)["code"]) == (400, "model_not_supported")
     huge = post(service, {"file": ("big.wav", bytes(26 * 1024 * 1024))}, {"model": TINY})

@@ -8,6 +8,7 @@ from infergraph.protocol.audio import (
     Segment,
     TranscriptionRequest,
     TranscriptionResult,
+    Word,
     transcription_payload,
 )
 from infergraph.runtimes.speech.audio import AudioError, decode, probe
@@ -127,3 +128,52 @@ def test_form_fields_parse_as_openai_sends_them():
     for bad in ({"temperature": "hot"}, {"language": "english!"}, {"response_format": "xml"}, {"speed": "1"}):
         with pytest.raises(ValueError):
             TranscriptionRequest.model_validate({"file": {"data": b"x"}, "model": "m", **bad})
+
+
+def test_word_timestamps_are_asked_for_as_openai_does():
+    """`word` needs verbose_json; the answer has `words`, and `segments` only if `segment` is asked too."""
+    import orjson
+
+    for fmt in ("json", "text", "srt", "vtt"):
+        with pytest.raises(ValueError, match="verbose_json"):
+            _request(fmt, **{"timestamp_granularities[]": ["word"]})
+    words = [Word("Hello", 0.0, 0.4), Word("there.", 0.4, 1.25), Word("General", 1.5, 2.0)]
+    result = TranscriptionResult(
+        text="Hello there. General", language="en", duration_s=2.5, segments=RESULT.segments, words=words
+    )
+    only_words = _request("verbose_json", **{"timestamp_granularities[]": ["word"]})
+    assert only_words.work("transcribe", 2.5).words
+    body = orjson.loads(transcription_payload(only_words, result, "transcribe"))
+    assert "segments" not in body
+    assert body["words"] == [
+        {"word": "Hello", "start": 0.0, "end": 0.4},
+        {"word": "there.", "start": 0.4, "end": 1.25},
+        {"word": "General", "start": 1.5, "end": 2.0},
+    ]
+    both = _request("verbose_json", **{"timestamp_granularities[]": ["word", "segment"]})
+    body = orjson.loads(transcription_payload(both, result, "transcribe"))
+    assert len(body["words"]) == 3 and [s["end"] for s in body["segments"]] == [1.25, 3461.789]
+    segments_only = _request("verbose_json")  # the default granularity: segment
+    assert not segments_only.work("transcribe", 2.5).words
+    body = orjson.loads(transcription_payload(segments_only, RESULT, "transcribe"))
+    assert "words" not in body and len(body["segments"]) == 2
+
+
+def test_an_engine_without_word_timestamps_refuses_them_before_any_work():
+    from infergraph.runtimes.speech.engine import DecodeOptions
+    from infergraph.runtimes.speech.transcriber import Transcriber
+
+    class NoWords:
+        name, precision, multilingual, word_timestamps = "torch", "fp32", False, False
+
+        def transcribe(self, windows):
+            raise AssertionError("no window should reach the engine")
+
+    transcriber = Transcriber(NoWords())
+    try:
+        transcriber.check(DecodeOptions(timestamps=True))
+        with pytest.raises(AudioError) as refused:
+            transcriber.check(DecodeOptions(timestamps=True, words=True))
+    finally:
+        transcriber.close()
+    assert refused.value.code == "unsupported_option" and "word timestamps" in refused.value.message

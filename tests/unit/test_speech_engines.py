@@ -117,6 +117,9 @@ def test_converted_torch_model_transcribes_like_ctranslate2(tiny_fp32, speech, s
     windows = [WindowInput(speech[1]), WindowInput(speech[0], DecodeOptions(timestamps=True))]
     expected = tiny_fp32.transcribe(windows)
     got = torch_engine.transcribe(windows)
+    assert (tiny_fp32.word_timestamps, torch_engine.word_timestamps) == (True, False)
+    with pytest.raises(ValueError, match="word timestamps"):  # refused, not silently left out
+        torch_engine.transcribe([WindowInput(speech[0], DecodeOptions(timestamps=True, words=True))])
     for want, have in zip(expected, got, strict=True):
         assert [s.tokens for s in have.segments] == [s.tokens for s in want.segments]
         assert text(have) == text(want)
@@ -165,3 +168,61 @@ def test_whisper_base_detects_english_and_translates(speech, speech_cache):
     assert wer(SENTENCES[0], text(detected)) <= 0.1, text(detected)
     assert translated.language == "en"
     assert wer(SENTENCES[1], text(translated)) <= 0.2, text(translated)
+
+
+def words_of(output) -> list:
+    return [w for s in output.segments for w in s.words or []]
+
+
+def assert_words_fit(segments, length: float) -> None:
+    """Each word inside its segment and the audio, times never going back, no two words overlapping."""
+    last_end = 0.0
+    for segment in segments:
+        assert segment.words, segment
+        for w in segment.words:
+            assert segment.start <= w.start <= w.end <= segment.end <= length + 1e-6, (segment, w)
+            assert w.start >= last_end - 1e-6, (w, last_end)
+            last_end = w.end
+
+
+def test_word_timestamps_spell_the_transcript_and_follow_the_speech(tiny_int8, speech):
+    audio = np.concatenate([speech[0], np.zeros(2 * SAMPLE_RATE, dtype=np.float32), speech[1]])
+    pause_s = len(speech[0]) / SAMPLE_RATE  # where the 2 s of silence begins
+    asked = DecodeOptions(timestamps=True, words=True)
+    windows = [WindowInput(audio, DecodeOptions(timestamps=True)), WindowInput(audio, asked)]
+    plain, timed = tiny_int8.transcribe(windows)
+    assert all(s.words is None for s in plain.segments)  # only the window that asked pays for alignment
+    assert [s.tokens for s in timed.segments] == [s.tokens for s in plain.segments]
+    words = words_of(timed)
+    assert " ".join(w.word.strip() for w in words) == " ".join(text(timed).split())
+    assert wer(" ".join(SENTENCES[:2]), text(timed)) <= 0.1, text(timed)
+    assert_words_fit(timed.segments, len(audio) / SAMPLE_RATE)
+    please = next(w for w in words if normalise(w.word) == "please")  # the second phrase's first word
+    assert pause_s - 0.3 <= please.start <= pause_s + 2.0 + 0.5, (please, pause_s)
+    last = words[words.index(please) - 1]  # the first phrase's last word ends before the silence
+    assert last.end <= pause_s + 0.3, (last, pause_s)
+
+
+def test_word_times_are_on_the_upload_time_line(tiny_int8, speech):
+    """Two windows (25 s of silence between the phrases): the second window's words carry its offset."""
+    from infergraph.runtimes.speech.transcriber import Transcriber
+    from infergraph.testing.speech import encode, silence
+
+    audio = np.concatenate([silence(1.0), speech[0], silence(25.0), speech[1]])
+    second_s = (SAMPLE_RATE + len(speech[0])) / SAMPLE_RATE + 25.0
+    transcriber = Transcriber(tiny_int8)
+    try:
+        prepared = transcriber.prepare(encode(audio, "wav"))
+        assert len(prepared.windows) == 2
+        options = DecodeOptions(timestamps=True, words=True)
+        outputs, _ = transcriber.submit(prepared, options).result(timeout=120)
+        transcript = transcriber.stitch(prepared, outputs, None)
+    finally:
+        transcriber.close()
+    words = transcript.words
+    assert " ".join(w.word for w in words) == " ".join(transcript.text.split())
+    assert all(w.word == w.word.strip() for w in words)  # OpenAI's words carry no spaces
+    assert_words_fit(transcript.segments, transcript.duration_s)
+    assert 0.7 <= words[0].start <= 1.5, words[0]
+    please = next(w for w in words if normalise(w.word) == "please")
+    assert second_s - 0.3 <= please.start <= second_s + 0.8, (please, second_s)

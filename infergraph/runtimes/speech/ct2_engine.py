@@ -5,22 +5,33 @@ windows that name no language, and one `generate` call per group of windows that
 batch: it needs <|startoftranscript|> at the same index and equally long prompts (so a previous-text
 prompt or `timestamps` splits a group) and takes one sampling temperature per call. The usual pass
 (same options everywhere) is a single `generate`.
+
+Windows that ask for words (`DecodeOptions.words`) are then aligned on the same encoder output with
+faster-whisper's own word-timestamp code (`Whisper.align`: cross-attention of the alignment heads,
+dynamic time warping); the other windows of the pass pay nothing for it.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import ctranslate2
 import numpy as np
 from faster_whisper.feature_extractor import FeatureExtractor
+from faster_whisper.tokenizer import Tokenizer
+from faster_whisper.transcribe import WhisperModel
 
 from infergraph.runtimes.speech.decoding import (
     MAX_LENGTH,
+    N_FRAMES,
     avg_logprob,
     build_prompt,
     check_options,
+    fit_words,
     group_by,
     language_tokens,
     load_tokenizer,
@@ -29,15 +40,31 @@ from infergraph.runtimes.speech.decoding import (
     to_segments,
     window_features,
 )
-from infergraph.runtimes.speech.engine import SAMPLE_RATE, WindowInput, WindowOutput
+from infergraph.runtimes.speech.engine import SAMPLE_RATE, WindowInput, WindowOutput, Word
 
 COMPUTE_TYPES = {"int8": "int8", "fp32": "float32"}
+HOP_LENGTH = 160  # samples per feature frame (100 frames a second; the encoder halves them)
+_TRANSCRIBE = inspect.signature(WhisperModel.transcribe).parameters
+PREPEND_PUNCTUATIONS: str = _TRANSCRIBE["prepend_punctuations"].default  # faster-whisper's defaults
+APPEND_PUNCTUATIONS: str = _TRANSCRIBE["append_punctuations"].default
+
+
+class _WordAligner(WhisperModel):
+    """faster-whisper's `add_word_timestamps` (and the `find_alignment` it calls: `Whisper.align`,
+    then words from `Tokenizer.split_to_word_tokens`, `merge_punctuations`, its long-word heuristics)
+    on the model the engine already loaded: only the attributes those two methods read are set."""
+
+    def __init__(self, model: ctranslate2.models.Whisper) -> None:  # loads nothing, unlike WhisperModel
+        self.model = model
+        self.frames_per_second = SAMPLE_RATE // HOP_LENGTH
+        self.tokens_per_second = SAMPLE_RATE // (2 * HOP_LENGTH)
 
 
 class CTranslate2Engine:
     """`SpeechEngine` over `ctranslate2.models.Whisper`."""
 
     name = "ctranslate2"
+    word_timestamps = True
 
     def __init__(
         self,
@@ -66,11 +93,13 @@ class CTranslate2Engine:
         self.languages = language_tokens(self.tokenizer) if self.multilingual else {}
         self.extractor = FeatureExtractor(feature_size=self.model.n_mels)
         self.suppress = suppressed_tokens(self.tokenizer)
+        self.aligner = _WordAligner(self.model)
+        self._word_tokenizers: dict[tuple[str, str], Tokenizer] = {}
 
     def transcribe(self, windows: Sequence[WindowInput]) -> list[WindowOutput]:
         if not windows:
             return []
-        check_options(windows, self.multilingual, self.languages)
+        check_options(windows, self.multilingual, self.languages, self.word_timestamps)
         feats = window_features(self.extractor, windows)
         encoded = self.model.encode(ctranslate2.StorageView.from_array(feats))
         languages = self._languages(windows, encoded)
@@ -104,7 +133,45 @@ class CTranslate2Engine:
                     self.tokenizer, tokens, duration, logprob, windows[i].options.timestamps
                 )
                 outputs[i] = WindowOutput(language=languages[i] or "en", segments=segments)
-        return [o for o in outputs if o is not None]
+        done = [o for o in outputs if o is not None]
+        for i, window in enumerate(windows):
+            if window.options.words:
+                self._add_words(window, done[i], encoded if len(windows) == 1 else _select(encoded, [i]))
+        return done
+
+    def _add_words(self, window: WindowInput, output: WindowOutput, encoded: ctranslate2.StorageView) -> None:
+        """Each segment's words, on the window's time line, from the window's encoder output.
+
+        One window per call: faster-whisper carries the last word's time from one segment to the next
+        (its "first word after a pause" heuristic), so windows of other requests must not share it."""
+        if not any(s.tokens for s in output.segments):
+            for segment in output.segments:
+                segment.words = []
+            return
+        parts: list[dict[str, Any]] = [
+            {"seek": 0, "start": s.start, "end": s.end, "tokens": s.tokens} for s in output.segments
+        ]
+        frames = min(N_FRAMES, math.ceil(len(window.audio) / HOP_LENGTH))
+        tokenizer = self._word_tokenizer(output.language, window.options.task)
+        self.aligner.add_word_timestamps(
+            [parts], tokenizer, encoded, frames, PREPEND_PUNCTUATIONS, APPEND_PUNCTUATIONS, 0.0
+        )
+        for segment, part in zip(output.segments, parts, strict=True):
+            words = [
+                Word(w["word"], float(w["start"]), float(w["end"]), float(w["probability"]))
+                for w in part.get("words", [])
+            ]
+            segment.words = fit_words(words, segment)
+
+    def _word_tokenizer(self, language: str, task: str) -> Tokenizer:
+        """The alignment starts from `<|startoftranscript|> <|lang|> <|task|>` and splits words the
+        window's language's way (by character for Chinese, Japanese, Thai, ...)."""
+        if not self.multilingual:
+            return self.tokenizer
+        key = (language, task)
+        if key not in self._word_tokenizers:
+            self._word_tokenizers[key] = Tokenizer(self.tokenizer.tokenizer, True, task, language)
+        return self._word_tokenizers[key]
 
     def _search(self, temperature: float) -> dict[str, float | int]:
         if temperature > 0:  # sample from the full distribution, as Whisper's fallback does

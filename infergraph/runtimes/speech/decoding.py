@@ -16,7 +16,14 @@ import tokenizers
 from faster_whisper.feature_extractor import FeatureExtractor
 from faster_whisper.tokenizer import _LANGUAGE_CODES, Tokenizer
 
-from infergraph.runtimes.speech.engine import SAMPLE_RATE, WINDOW_S, DecodeOptions, Segment, WindowInput
+from infergraph.runtimes.speech.engine import (
+    SAMPLE_RATE,
+    WINDOW_S,
+    DecodeOptions,
+    Segment,
+    WindowInput,
+    Word,
+)
 
 MAX_LENGTH = 448  # decoder positions: prompt + generated tokens
 TIME_PRECISION = 0.02  # seconds per timestamp token
@@ -50,12 +57,16 @@ def window_features(extractor: FeatureExtractor, windows: Sequence[WindowInput])
     return np.ascontiguousarray(np.stack(feats), dtype=np.float32)
 
 
-def check_options(windows: Sequence[WindowInput], multilingual: bool, languages: dict[str, int]) -> None:
-    """Refuse what the model cannot do before any compute is spent on the batch."""
+def check_options(
+    windows: Sequence[WindowInput], multilingual: bool, languages: dict[str, int], word_timestamps: bool
+) -> None:
+    """Refuse what the model (or, for word timestamps, the engine) cannot do before any compute."""
     for i, w in enumerate(windows):
         opts = w.options
         if len(w.audio) > WINDOW_S * SAMPLE_RATE + 1:
             raise ValueError(f"window {i}: {len(w.audio) / SAMPLE_RATE:.2f} s is longer than {WINDOW_S} s")
+        if opts.words and not word_timestamps:
+            raise ValueError(f"window {i}: this engine has no word timestamps")
         if not multilingual:
             if opts.task == "translate":
                 raise ValueError(f"window {i}: this English-only model cannot translate")
@@ -137,6 +148,20 @@ def to_segments(
     if not segments and text_tokens:  # timestamps asked, none usable: keep the text
         return [Segment(0.0, duration, tokenizer.decode(text_tokens), text_tokens, logprob)]
     return segments
+
+
+def fit_words(words: Sequence[Word], segment: Segment) -> list[Word]:
+    """Words inside their segment, in order and not overlapping: the alignment's heuristics (a long
+    first or last word pulled to the segment's edge, punctuation merged) can leave a word a little
+    outside its segment or before the previous word's end."""
+    fitted: list[Word] = []
+    floor = segment.start
+    for w in words:
+        start = min(max(w.start, floor), segment.end)
+        end = min(max(w.end, start), segment.end)
+        fitted.append(Word(w.word, start, end, w.probability))
+        floor = end
+    return fitted
 
 
 def _split_at_timestamps(

@@ -23,6 +23,7 @@ class DecodeOptions:
     prompt: str = ""  # text to condition on (spelling of names, style)
     temperature: float = 0.0  # 0: greedy / beam search
     timestamps: bool = False  # segment timestamps inside the window (verbose_json, srt, vtt)
+    words: bool = False  # word timestamps (`word` granularity): engines with `word_timestamps` only
 
 
 @dataclass(frozen=True)
@@ -32,12 +33,21 @@ class WindowInput:
 
 
 @dataclass
+class Word:
+    word: str  # as Whisper wrote it: its leading space, punctuation merged in (" fox.")
+    start: float  # seconds, on the same time line as its segment, inside it
+    end: float
+    probability: float = 0.0
+
+
+@dataclass
 class Segment:
     start: float  # seconds from the start of the window
     end: float
     text: str
     tokens: list[int] = field(default_factory=list)
     avg_logprob: float = 0.0
+    words: list[Word] | None = None  # only when the window asked for words
 
 
 @dataclass
@@ -50,6 +60,7 @@ class SpeechEngine(Protocol):
     name: str  # "ctranslate2" / "torch"
     precision: str  # "fp32" / "int8"
     multilingual: bool  # False for *.en models: they neither detect language nor translate
+    word_timestamps: bool  # whether it can align words (`DecodeOptions.words`)
 
     def transcribe(self, windows: Sequence[WindowInput]) -> list[WindowOutput]:
         """One batched pass; output i belongs to window i."""

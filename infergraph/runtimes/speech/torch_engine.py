@@ -40,6 +40,7 @@ class TorchWhisperEngine:
     """`SpeechEngine` over a transformers Whisper folder (see `weights.resolve_transformers_dir`)."""
 
     name = "torch"
+    word_timestamps = False  # refused (ValueError; 400 through the API): use the CTranslate2 engine
 
     def __init__(self, model_dir: Path | str, precision: str = "fp32", threads: int = 1):
         if precision not in ("fp32", "int8"):
@@ -63,7 +64,7 @@ class TorchWhisperEngine:
     def transcribe(self, windows: Sequence[WindowInput]) -> list[WindowOutput]:
         if not windows:
             return []
-        check_options(windows, self.multilingual, self.languages)
+        check_options(windows, self.multilingual, self.languages, self.word_timestamps)
         feats = torch.from_numpy(window_features(self.extractor, windows))
         encoded = self.model.model.encoder(feats).last_hidden_state
         languages = self._languages(windows, encoded)

@@ -6,22 +6,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from infergraph.runtimes.speech.audio import AudioError, decode, duration_s
-from infergraph.runtimes.speech.engine import DecodeOptions, SpeechEngine, WindowInput, WindowOutput
+from infergraph.runtimes.speech.engine import (
+    DecodeOptions,
+    Segment,
+    SpeechEngine,
+    WindowInput,
+    WindowOutput,
+    Word,
+)
 from infergraph.runtimes.speech.scheduler import WindowScheduler
 from infergraph.runtimes.speech.windows import AudioWindow, speech_windows
 
 
 @dataclass
-class TranscriptSegment:
-    id: int
-    start: float  # seconds from the start of the upload
-    end: float
-    text: str
-    tokens: list[int] = field(default_factory=list)
-    avg_logprob: float = 0.0
+class TranscriptSegment(Segment):
+    """A window's segment moved onto the upload's time line (start, end and words in seconds from the
+    start of the upload, text and words stripped of Whisper's leading spaces), numbered."""
+
+    id: int = field(default=0, kw_only=True)
 
 
 @dataclass
@@ -30,6 +35,11 @@ class Transcript:
     language: str
     duration_s: float
     segments: list[TranscriptSegment]
+
+    @property
+    def words(self) -> list[Word]:
+        """Every segment's words, in order (empty unless words were asked for)."""
+        return [w for s in self.segments for w in s.words or []]
 
 
 @dataclass(frozen=True)
@@ -53,6 +63,9 @@ class Transcriber:
 
     def check(self, options: DecodeOptions) -> None:
         """What this model cannot do, as a client error (400) before any work."""
+        if options.words and not self.engine.word_timestamps:
+            message = f"word timestamps are not available on the {self.engine.name} engine"
+            raise AudioError(message, "unsupported_option")
         if self.engine.multilingual:
             return
         if options.task == "translate":
@@ -70,9 +83,7 @@ class Transcriber:
         self, prepared: Prepared, options: DecodeOptions, rank: int = 1, deadline: float = float("inf")
     ) -> Future[tuple[list[WindowOutput], float]]:
         language = options.language or (None if self.engine.multilingual else "en")
-        options = DecodeOptions(
-            language, options.task, options.prompt, options.temperature, options.timestamps
-        )
+        options = replace(options, language=language)
         return self.scheduler.submit(
             [WindowInput(w.audio, options) for w in prepared.windows], rank, deadline
         )
@@ -85,11 +96,16 @@ class Transcriber:
                 if not text:
                     continue
                 start = round(window.start_s + seg.start, 3)
-                end = round(window.start_s + min(seg.end, window.duration_s), 3)
+                end = max(start, round(window.start_s + min(seg.end, window.duration_s), 3))
+                words = None
+                if seg.words is not None:
+                    words = [
+                        Word(w.word.strip(), *_within(window.start_s, w, start, end), w.probability)
+                        for w in seg.words
+                        if w.word.strip()
+                    ]
                 segments.append(
-                    TranscriptSegment(
-                        len(segments), start, max(start, end), text, seg.tokens, seg.avg_logprob
-                    )
+                    TranscriptSegment(start, end, text, seg.tokens, seg.avg_logprob, words, id=len(segments))
                 )
         detected = (
             language
@@ -101,6 +117,14 @@ class Transcriber:
 
     def close(self) -> None:
         self.scheduler.close()
+
+
+def _within(offset: float, word: Word, start: float, end: float) -> tuple[float, float]:
+    """A word's (start, end) on the upload's time line, rounded as its segment's are and kept inside it."""
+    return (
+        min(max(round(offset + word.start, 3), start), end),
+        min(max(round(offset + word.end, 3), start), end),
+    )
 
 
 def _majority(languages: Sequence[str]) -> str | None:
