@@ -1,16 +1,21 @@
-"""Kill a model replica, or a router replica, mid-load and measure what clients see.
+"""Faults under load: a model replica or a router replica killed, a live redeploy, SIGTERM to `serve run`.
 
-    uv run python -m infergraph.bench.faults                  # MiniLM on 2 replicas, ~1.5 min
-    uv run python -m infergraph.bench.faults --kill Router    # the router (the ingress) on 2 replicas
+    uv run python -m infergraph.bench.faults --fault replica --seconds 45 --at 15   # ~1.5 min each
+    uv run python -m infergraph.bench.faults --fault router      # a router (ingress) replica SIGKILLed
+    uv run python -m infergraph.bench.faults --fault reconfigure # serve deploy: new batch settings (live)
+    uv run python -m infergraph.bench.faults --fault redeploy    # new CPU shares: replicas replaced
+    uv run python -m infergraph.bench.faults --fault sigterm     # SIGTERM to serve run while busy
 
 The service runs all-MiniLM-L6-v2 and the Router on two replicas each. Premium and batch clients
 send embeddings back to back (closed loop, single sentences for premium, 16-sentence lists for
-batch). After `--kill-at` seconds one replica's process of the `--kill` deployment gets SIGKILL
-(found by its Ray process title), as a crash or an OOM kill would do. Ray Serve starts a
-replacement. Reported: requests sent, failed and how (status, code, whether OpenAI-shaped with
-Retry-After), the longest time a request waited past its deadline, and how long until throughput
-(1 s windows) is back to 90% of what it was before the kill. Writes
-results/faults/replica_kill.json and .png (router_kill.* for the router).
+batch). After `--at` seconds the fault happens: a replica's process gets SIGKILL (found by its Ray
+process title), as a crash or an OOM kill would do, and Ray Serve starts a replacement; or
+`serve deploy` applies a changed serve.yaml; or `serve run` gets SIGTERM, as a supervisor stopping
+it would send. Reported: requests sent, failed and how (status, code, whether OpenAI-shaped with
+Retry-After), the longest time a request waited past its deadline, how long until throughput (1 s
+windows) is back to 90% of what it was before; for SIGTERM, what happened to the requests in flight
+at the signal, how long `serve run` took to exit and which of its processes were left running.
+Writes results/faults/<fault>.json and .png.
 """
 
 from __future__ import annotations
@@ -21,10 +26,15 @@ import json
 import os
 import signal
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import orjson
@@ -34,7 +44,7 @@ from rich.console import Console
 
 from infergraph.corpus import load_corpus
 from infergraph.paths import PROJECT_ROOT
-from infergraph.testing.service import DEFAULT_CONFIG, start_service
+from infergraph.testing.service import DEFAULT_CONFIG, RunningService, start_service
 
 MODEL = "all-MiniLM-L6-v2"
 KEYS = {"premium": "sk-ig-demo-premium", "batch": "sk-ig-demo-batch"}
@@ -78,13 +88,75 @@ def replica_pids(deployment: str) -> list[int]:
     return found
 
 
+Fault = Callable[[], Awaitable[None]]
+
+
+def kill_replica(deployment: str) -> Fault:
+    async def fault() -> None:
+        pids = replica_pids(deployment)
+        if pids:
+            os.kill(pids[0], signal.SIGKILL)
+
+    return fault
+
+
+def redeploy(service: RunningService, change: Callable[[dict[str, Any]], None]) -> Fault:
+    """`serve deploy` of the running config with `change` applied to MiniLM's entry."""
+
+    async def fault() -> None:
+        cfg = yaml.safe_load(service.config.read_text())
+        change(next(d for d in cfg["applications"][0]["deployments"] if d["name"] == MODEL))
+        path = service.config.with_name("redeploy.yaml")
+        path.write_text(yaml.safe_dump(cfg))
+        serve_cli = Path(sys.executable).parent / "serve"
+        env = {**os.environ, "RAY_AUTH_MODE": "token"}  # clusters started by `serve run` use it
+        cmd = [str(serve_cli), "deploy", "-a", service.dashboard_url(), str(path)]
+        await asyncio.to_thread(subprocess.run, cmd, check=True, env=env, capture_output=True, timeout=120)
+
+    return fault
+
+
+def new_batching(dep: dict[str, Any]) -> None:
+    dep["user_config"].update(max_batch_sentences=8, batch_wait_timeout_s=0.002)
+
+
+def new_cpu_shares(dep: dict[str, Any]) -> None:
+    dep["ray_actor_options"] = {"num_cpus": 0.35}
+
+
+def service_processes(service: RunningService) -> list[psutil.Process]:
+    """`serve run` and everything it started: its descendants, and HAProxy (a child of a Ray actor)."""
+    root = psutil.Process(service.proc.pid)
+    return [root, *root.children(recursive=True)]
+
+
+def sigterm(service: RunningService, report: dict[str, Any]) -> Fault:
+    """SIGTERM to `serve run`; records how long it took to exit and what it left running."""
+
+    async def fault() -> None:
+        procs = service_processes(service)
+        sent = time.perf_counter()
+        service.proc.send_signal(signal.SIGTERM)
+        exit_code = await asyncio.to_thread(service.proc.wait, 120)
+        report["exit_s"] = round(time.perf_counter() - sent, 2)
+        report["exit_code"] = exit_code
+        await asyncio.sleep(5)
+        report["left_running"] = [
+            " ".join(p.cmdline())[:120]
+            for p in procs
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        ]
+
+    return fault
+
+
 async def load(
-    url: str, seconds: float, kill_at: float, clients: dict[str, int], victim: str = MODEL
+    url: str, seconds: float, at: float, clients: dict[str, int], fault: Fault
 ) -> tuple[list[Sample], float]:
     texts = load_corpus()
     samples: list[Sample] = []
     began = time.perf_counter()
-    killed_at = -1.0
+    fault_at = -1.0
 
     async def client(tier: str, n: int, session: aiohttp.ClientSession) -> None:
         k = n
@@ -105,7 +177,7 @@ async def load(
                             code, shaped = error.get("code"), {"message", "type", "code"} <= set(error)
                         except (orjson.JSONDecodeError, KeyError, TypeError):
                             code = raw[:80].decode(errors="replace")
-            except aiohttp.ClientError as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 code = type(exc).__name__
             samples.append(
                 Sample(tier, sent - began, time.perf_counter() - sent, status, code, retry, shaped)
@@ -113,22 +185,20 @@ async def load(
             if status != 200:
                 await asyncio.sleep(0.05)
 
-    async def killer() -> None:
-        nonlocal killed_at
-        await asyncio.sleep(kill_at)
-        pids = replica_pids(victim)
-        if pids:
-            os.kill(pids[0], signal.SIGKILL)
-            killed_at = time.perf_counter() - began
+    async def at_time() -> None:
+        nonlocal fault_at
+        await asyncio.sleep(at)
+        fault_at = time.perf_counter() - began
+        await fault()
 
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
         tasks = [client(tier, n, session) for tier, count in clients.items() for n in range(count)]
-        await asyncio.gather(killer(), *tasks)
-    return samples, killed_at
+        await asyncio.gather(at_time(), *tasks)
+    return samples, fault_at
 
 
-def summarize(samples: list[Sample], killed_at: float, seconds: float) -> dict:
+def summarize(samples: list[Sample], killed_at: float, seconds: float) -> dict[str, Any]:
     ok = [s for s in samples if s.status == 200]
     failed = [s for s in samples if s.status != 200]
     late = [s.sent + s.took - (s.sent + DEADLINE_S[s.tier]) for s in samples]
@@ -154,6 +224,21 @@ def summarize(samples: list[Sample], killed_at: float, seconds: float) -> dict:
     }
 
 
+def drain(samples: list[Sample], signal_at: float) -> dict[str, Any]:
+    """SIGTERM: requests in flight at the signal (sent before, answered after) and those sent after."""
+    in_flight = [s for s in samples if s.sent < signal_at <= s.sent + s.took]
+    after = [s for s in samples if s.sent >= signal_at]
+    outcome = lambda group: dict(Counter(f"{s.status} {s.code or ''}".strip() for s in group))  # noqa: E731
+    return {
+        "in_flight_at_signal": len(in_flight),
+        "in_flight_answered": sum(1 for s in in_flight if s.status == 200),
+        "in_flight_outcomes": outcome(in_flight),
+        "sent_after_signal": len(after),
+        "after_outcomes": outcome(after),
+        "after_shaped_with_retry_after": sum(1 for s in after if s.shaped and s.retry_after),
+    }
+
+
 def plot(summary: dict, path: Path) -> None:
     import matplotlib
 
@@ -162,7 +247,7 @@ def plot(summary: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(9, 3.5))
     ax.plot(summary["answers_per_s"], label="answers/s")
-    ax.axvline(summary["killed_at_s"], color="red", linestyle="--", label="replica killed")
+    ax.axvline(summary["killed_at_s"], color="red", linestyle="--", label=summary.get("fault", "fault"))
     ax.set_xlabel("seconds")
     ax.set_ylabel("answered requests per second")
     ax.legend()
@@ -170,31 +255,44 @@ def plot(summary: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+FAULTS = ("replica", "router", "reconfigure", "redeploy", "sigterm")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--fault", choices=FAULTS, default="replica")
     ap.add_argument("--seconds", type=float, default=60)
-    ap.add_argument("--kill-at", type=float, default=20)
+    ap.add_argument("--at", type=float, default=20, help="seconds into the load when the fault happens")
     ap.add_argument("--premium-clients", type=int, default=4)
     ap.add_argument("--batch-clients", type=int, default=4)
-    ap.add_argument("--kill", default=MODEL, choices=[MODEL, "Router"], help="whose replica dies")
     ap.add_argument("--replicas", type=int, default=2, help="replicas of the model and of the router")
     ap.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "faults")
     a = ap.parse_args(argv)
     console = Console()
     workdir = Path(tempfile.mkdtemp(prefix="ig-faults-"))
     service = start_service(serve_config(workdir, replicas=a.replicas, routers=a.replicas))
+    report: dict[str, Any] = {}
+    fault = {
+        "replica": lambda: kill_replica(MODEL),
+        "router": lambda: kill_replica("Router"),
+        "reconfigure": lambda: redeploy(service, new_batching),
+        "redeploy": lambda: redeploy(service, new_cpu_shares),
+        "sigterm": lambda: sigterm(service, report),
+    }[a.fault]()
     try:
         url = f"{service.base_url}/v1/embeddings"
         clients = {"premium": a.premium_clients, "batch": a.batch_clients}
-        with console.status(f"load for {a.seconds:.0f} s, one {a.kill} replica killed at {a.kill_at:.0f} s"):
-            samples, killed_at = asyncio.run(load(url, a.seconds, a.kill_at, clients, a.kill))
+        with console.status(f"load for {a.seconds:.0f} s, {a.fault} at {a.at:.0f} s"):
+            samples, fault_at = asyncio.run(load(url, a.seconds, a.at, clients, fault))
     finally:
         service.stop()
-    summary = summarize(samples, killed_at, a.seconds)
+    summary = {"fault": a.fault, **summarize(samples, fault_at, a.seconds), **report}
+    if a.fault == "sigterm":
+        summary |= drain(samples, fault_at)
     console.print({k: v for k, v in summary.items() if k != "answers_per_s"})
     a.out.mkdir(parents=True, exist_ok=True)
     record = {"summary": summary, "samples": [asdict(s) for s in samples]}
-    name = "replica_kill" if a.kill == MODEL else "router_kill"
+    name = {"replica": "replica_kill", "router": "router_kill"}.get(a.fault, a.fault)
     (a.out / f"{name}.json").write_text(json.dumps(record))
     plot(summary, a.out / f"{name}.png")
     console.print(f"wrote {a.out / name}.json and .png")
