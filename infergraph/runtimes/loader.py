@@ -31,6 +31,25 @@ def split_threads(threads: int | None, lanes: int | None) -> tuple[int, int]:
     return max(1, cores // lanes), lanes
 
 
+def default_device() -> str:
+    """`INFERGRAPH_DEVICE` (e.g. `cuda`, `cuda:1`), else the CPU: a replica given a GPU by Ray sets it."""
+    return os.environ.get("INFERGRAPH_DEVICE", "cpu")
+
+
+def gpu_engine(model_dir: Path, device: str = "cuda") -> EncoderEngine:
+    """fp16 packed forward with CUDA graphs (docs/gpu.md); models it cannot run (not BERT) fall back
+    to the padded transformers forward in fp16."""
+    from infergraph.runtimes.engines.varlen_engine import VarlenEngine
+
+    try:
+        return VarlenEngine(model_dir, device=device, dtype="float16")
+    except ValueError as e:
+        from infergraph.runtimes.engines.torch_engine import TorchEngine
+
+        log.info("%s; padded PyTorch forward instead", e)
+        return TorchEngine(model_dir, device=device, dtype="float16")
+
+
 def build_engine(
     model_dir: Path,
     engine: EngineKind,
@@ -39,6 +58,8 @@ def build_engine(
     device: str = "cpu",
     cache: Path | None = None,
 ) -> EncoderEngine:
+    if engine == "torch" and device.startswith("cuda"):
+        return gpu_engine(model_dir, device)
     if engine == "torch":
         from infergraph.runtimes.engines.torch_engine import TorchEngine
 
@@ -55,12 +76,14 @@ def load_text_encoder(
     spec: EncoderSpec,
     engine: EngineKind = "onnx",
     threads: int | None = None,
-    device: str = "cpu",
+    device: str | None = None,
     limits: BatchLimits | None = None,
     cache: Path | None = None,
     lanes: int | None = None,
 ) -> TextEncoder:
-    """`threads`: cores to use; ONNX splits them into `lanes` concurrent passes (default: one per core)."""
+    """`threads`: cores to use; ONNX splits them into `lanes` concurrent passes (default: one per core).
+    `device`: default `default_device()`; the torch engine on a GPU is the packed `VarlenEngine`."""
+    device = device or default_device()
     model_dir = resolve_model_dir(spec, cache)
     tokenizer, pad_id = load_tokenizer(model_dir)
     lanes_used = 1

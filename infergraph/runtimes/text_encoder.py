@@ -8,6 +8,10 @@ little (the weights stay in cache either way), so a short pass with no padding b
 Passes run on `lanes` threads at once when the engine allows concurrent calls (ONNX Runtime does):
 one single-threaded pass per core keeps every core busy without intra-op thread hand-offs, which
 on the 2-core reference box measured ~15-30% more sentences/s than one 2-thread pass at a time.
+
+On a GPU the engine (`engines.varlen_engine.VarlenEngine`) takes the planned passes itself
+(`embed_passes`): it packs them without padding, so they are planned by real tokens alone, and it
+overlaps packing with the GPU's work on the previous pass (docs/gpu.md).
 """
 
 from __future__ import annotations
@@ -61,10 +65,12 @@ def _cut(row: list[int], special: list[int], limit: int, direction: str) -> list
     return row[:lead] + kept + row[len(row) - trail :]
 
 
-def plan_batches(lengths: Sequence[int], limits: BatchLimits) -> list[list[int]]:
+def plan_batches(lengths: Sequence[int], limits: BatchLimits, packed: bool = False) -> list[list[int]]:
     """Group indices into forward passes: sorted by length, each within `limits`.
 
-    Returns lists of indices into `lengths`; every index appears exactly once.
+    `packed`: the engine runs a pass with no padding (`VarlenEngine`), so `max_padded_tokens`
+    bounds the real tokens of a pass and the padding ratio does not apply. Returns lists of
+    indices into `lengths`; every index appears exactly once.
     """
     order = sorted(range(len(lengths)), key=lengths.__getitem__)
     batches: list[list[int]] = []
@@ -72,11 +78,11 @@ def plan_batches(lengths: Sequence[int], limits: BatchLimits) -> list[list[int]]
     real = 0  # real tokens in `current`
     for i in order:
         longest = lengths[i]  # sorted ascending: the newcomer is the longest so far
-        padded = (len(current) + 1) * longest
+        padded = real + longest if packed else (len(current) + 1) * longest
         if current and (
             len(current) + 1 > limits.max_sequences
             or padded > limits.max_padded_tokens
-            or padded > limits.max_padding_ratio * (real + longest)
+            or (not packed and padded > limits.max_padding_ratio * (real + longest))
         ):
             batches.append(current)
             current, real = [], 0
@@ -173,8 +179,13 @@ class TextEncoder:
 
     def encode_ids(self, ids: Sequence[Sequence[int]]) -> np.ndarray:
         """Embed already tokenized inputs, in their original order."""
-        out = np.empty((len(ids), self.dim), dtype=np.float32)
         lengths = [len(row) for row in ids]
+        embed_passes = getattr(self.engine, "embed_passes", None)
+        if embed_passes is not None:  # the engine packs and pipelines the passes itself (GPU)
+            return embed_passes(
+                ids, plan_batches(lengths, self.limits, packed=getattr(self.engine, "packed", False))
+            )
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
 
         def forward(batch: list[int]) -> None:
             width = max(lengths[i] for i in batch)
