@@ -1,7 +1,7 @@
 """`python -m infergraph.bench.advisor`: the serve.yaml that meets a stated SLO, measured, not guessed.
 
     uv run python -m infergraph.bench.advisor --slo-tier premium --slo-p99-ms 150 \\
-        [--model all-MiniLM-L6-v2] [--load "--ig-kinds embeddings:1 --ig-base-users 48"] [--seconds 30]
+        [--model all-MiniLM-L6-v2] [--load "<loadtest/locustfile.py options>"] [--seconds 45]
     uv run python -m infergraph.bench.advisor --validate results/tuning/<run>/recommended-serve.yaml
 
 The SLO: the `--slo-tier` tier's p99 latency at most `--slo-p99-ms` under the offered load of
@@ -28,8 +28,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -51,8 +53,9 @@ console = Console()
 LOCUSTFILE = "loadtest/locustfile.py"
 EXPERIMENT = "tuning"
 # Twice the users of loadtest/'s default mix (3 premium, 3 standard, 18 batch: about what the English
-# encoder sustains on the 2-core reference box): bulk work saturates it while premium must stay fast.
-DEFAULT_LOAD = "--ig-kinds embeddings:1 --ig-base-users 48"
+# encoder sustains on the 2-core reference box), premium users at 3 requests/s each (18/s in all, so
+# its p99 rests on ~800 requests a trial): bulk work saturates the encoder while premium must stay fast.
+DEFAULT_LOAD = "--ig-kinds embeddings:1 --ig-base-users 48 --ig-premium-rps 3"
 Changes = dict[str, Any]  # dotted path in the deployment's entry -> value
 
 
@@ -69,9 +72,13 @@ KNOBS = (
     Knob("user_config.max_forward_sequences", (8, 16, 32)),
     Knob("user_config.max_forward_tokens", (256, 512, 1024)),
     Knob("user_config.variant", ("base", "models:/{model}@production")),
-    Knob("num_replicas", (1, 2), restarts=True),
-    Knob("ray_actor_options.num_cpus", (0.5, 0.7, 1.0), restarts=True),
+    Knob("num_replicas", (1, 2), restarts=True),  # the CPU shares are split between the replicas
+    Knob("ray_actor_options.num_cpus", (0.35, 0.5, 0.7, 0.9), restarts=True),
 )
+
+
+class UnschedulableError(RuntimeError):
+    """Ray cannot place the trial's replicas (not enough CPU shares left)."""
 
 
 @dataclass
@@ -154,6 +161,8 @@ class Target:
         self.deployed = config
         wanted = deployment(config, model).get("user_config") or {}
         while not (self._applied(model, wanted) and (not restarts or self._healthy(model))):
+            if restarts and "to be scheduled" in json.dumps(self.status()):
+                raise UnschedulableError(f"{path.name}: Ray cannot place the replicas")
             if time.monotonic() - started > timeout_s:
                 raise TimeoutError(f"{path.name} not running after {timeout_s:.0f} s: {self.status()}")
             time.sleep(0.5 if not restarts else 2)
@@ -335,13 +344,23 @@ def sweep(target: Target, args: argparse.Namespace, out: Path) -> tuple[Trial, T
         if chosen is not None and knob.path not in chosen:
             continue
         current = best.changes.get(knob.path, get(shipped_dep, knob.path))
+        if knob.path == "user_config.variant" and current is None:
+            current = "base" if not variant_exists(f"models:/{args.model}@production", args) else None
         for raw in knob.values:
             value = raw.format(model=args.model) if isinstance(raw, str) else raw
             if value == current or (knob.path == "user_config.variant" and not variant_exists(value, args)):
                 continue
             changes = {**best.changes, knob.path: value}
+            if knob.path == "num_replicas":  # the same CPU shares, split between the replicas
+                cpus = get(shipped_dep, "ray_actor_options.num_cpus") or 1.0
+                changes["ray_actor_options.num_cpus"] = round(cpus / float(value), 3)
             label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in changes.items())
-            trial = measure(target, args, label, changes, out)
+            try:
+                trial = measure(target, args, label, changes, out)
+            except UnschedulableError as exc:
+                console.print(f"  [yellow]{exc}: skipped[/yellow]")
+                target.deploy(with_changes(target.config, args.model, best.changes), args.model)
+                continue
             trials.append(trial)
             if better(trial, best, args.min_gain_pct):
                 best = trial
@@ -437,8 +456,30 @@ def validate(target: Target, args: argparse.Namespace, recommended: Path, out: P
         )
         result["rounds"][name] = [asdict(t) for t in trials]
     console.print(table)
+    result["verdict"] = verdict(rounds["shipped"], rounds["recommended"], args.min_gain_pct)
+    console.print(f"[bold]validation: {result['verdict']}[/bold]")
     (out / "validation.json").write_text(json.dumps(result, indent=2) + "\n")
+    if recommended.parent == out:  # the sweep's file says whether its figures held up
+        text = recommended.read_text()
+        recommended.write_text(
+            f"# Validation ({args.rounds} alternated rounds): {result['verdict']}\n" + text
+        )
     return result
+
+
+def verdict(shipped: list[Trial], recommended: list[Trial], min_gain_pct: float) -> str:
+    """Whether the alternated rounds confirm the sweep: the recommended config meets the SLO in more
+    rounds, or as many with a median p99 lower by more than `min_gain_pct`."""
+
+    def median_p99(trials: list[Trial]) -> float:
+        return statistics.median(t.slo_p99_ms if t.slo_p99_ms is not None else math.inf for t in trials)
+
+    met = sum(t.meets_slo for t in recommended), sum(t.meets_slo for t in shipped)
+    p99 = median_p99(recommended), median_p99(shipped)
+    figures = f"SLO met in {met[0]} vs {met[1]} rounds, median p99 {p99[0]:.0f} vs {p99[1]:.0f} ms"
+    if met[0] > met[1] or (met[0] == met[1] and p99[0] < p99[1] * (1 - min_gain_pct / 100)):
+        return f"confirmed ({figures})"
+    return f"not confirmed, keep the shipped settings ({figures})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -449,10 +490,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slo-p99-ms", type=float, default=150.0)
     ap.add_argument("--max-refused-pct", type=float, default=1.0, help="of the SLO tier's requests")
     ap.add_argument("--load", default=DEFAULT_LOAD, help="loadtest/locustfile.py options: mix, users, pace")
-    ap.add_argument("--seconds", type=float, default=30.0, help="load per trial")
+    ap.add_argument("--seconds", type=float, default=45.0, help="load per trial")
     ap.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up requests per trial")
     ap.add_argument("--settle-s", type=float, default=20.0, help="unmeasured load before the first trial")
-    ap.add_argument("--min-gain-pct", type=float, default=5.0, help="p99 gain that counts as better")
+    ap.add_argument("--min-gain-pct", type=float, default=15.0, help="p99 gain that counts as better")
     ap.add_argument("--knobs", default="", help="comma-separated knob paths (default: all of KNOBS)")
     ap.add_argument("--rounds", type=int, default=3, help="validation rounds per config (0: none)")
     ap.add_argument("--validate", type=Path, help="only validate this recommended serve.yaml")

@@ -85,8 +85,17 @@ def serve_config_patch(config: dict[str, Any], source: str) -> str:
     return HEADER.format(source=source) + yaml.dump(patch, Dumper=_Dumper, sort_keys=False, width=100)
 
 
+# Local-only settings of serve.env: the HAProxy wrapper's path is the checkout's (${PWD}), which a
+# container does not have, and a pod's processes end with its container anyway.
+LOCAL_ONLY = ("RAY_SERVE_HAPROXY_BINARY_PATH",)
+
+
 def container_env(serve_env: str, config: dict[str, Any]) -> str:
-    """configs/serve.env, then the `runtime_env` variables of serve.yaml's infergraph applications."""
+    """configs/serve.env (less LOCAL_ONLY), then the `runtime_env` variables of serve.yaml's
+    infergraph applications."""
+    serve_env = "".join(
+        line for line in serve_env.splitlines(keepends=True) if not line.startswith(LOCAL_ONLY)
+    )
     extra: dict[str, str] = {}
     for app in config.get("applications", []):
         if app.get("import_path") == APP_IMPORT_PATH:

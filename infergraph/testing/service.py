@@ -45,9 +45,11 @@ def serve_env(env_file: Path | None, workdir: Path) -> dict[str, str]:
     """
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     if env_file is not None:
-        for key, value in dotenv_values(env_file).items():
+        # `serve run` starts in the checkout (cwd=PROJECT_ROOT below): ${PWD} in the file means that,
+        # whatever this process's own PWD is.
+        for key, value in dotenv_values(env_file, interpolate=False).items():
             if value is not None:
-                env.setdefault(key, value)
+                env.setdefault(key, value.replace("${PWD}", str(PROJECT_ROOT)))
     env.setdefault("RAY_TMPDIR", str(workdir / "ray"))
     if env.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":
         haproxy = workdir / "haproxy"

@@ -7,7 +7,15 @@ import argparse
 
 import yaml
 
-from infergraph.bench.advisor import Trial, better, deployment, judge, with_changes, write_recommendation
+from infergraph.bench.advisor import (
+    Trial,
+    better,
+    deployment,
+    judge,
+    verdict,
+    with_changes,
+    write_recommendation,
+)
 from infergraph.testing.service import DEFAULT_CONFIG
 
 MODEL = "all-MiniLM-L6-v2"
@@ -69,3 +77,13 @@ def test_the_recommendation_changes_only_the_winning_knobs(tmp_path):
     assert "premium p99 120" in text and "shipped 200" in text
     recommended = yaml.safe_load(text)
     assert recommended == with_changes(shipped, MODEL, changes)
+
+
+def test_validation_confirms_only_what_the_alternated_rounds_show():
+    shipped = [trial(140, True), trial(190, False), trial(145, True)]
+    assert verdict(shipped, [trial(140, True), trial(144, True), trial(200, False)], 15).startswith(
+        "not confirmed"
+    )
+    assert verdict(shipped, [trial(100, True), trial(110, True), trial(120, True)], 15).startswith(
+        "confirmed"
+    )
