@@ -146,7 +146,8 @@ class Target:
         started = time.monotonic()
         if config == self.deployed:
             return 0.0
-        path = self.workdir / f"deploy-{time.time_ns()}.yaml"
+        (self.workdir / "deploys").mkdir(exist_ok=True)
+        path = self.workdir / "deploys" / f"{time.time_ns()}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         subprocess.run(
             [self.serve_cli, "deploy", "-a", self.dashboard, str(path)],
