@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -27,8 +27,9 @@ from infergraph.runtimes.llm.detokenizer import IncrementalText
 from infergraph.runtimes.llm.model import KVPool, LlamaPaged, SeqInput
 from infergraph.runtimes.llm.sampling import SamplingParams, choose_tokens
 from infergraph.runtimes.llm.scheduler import Mode, Scheduler, Sequence, Step
-from infergraph.runtimes.llm.spec import LLMSpec
-from infergraph.runtimes.llm.weights import resolve_llm_dir
+
+if TYPE_CHECKING:  # pydantic and the weight resolver stay out of a bare GPU box (bench.gpu_llm)
+    from infergraph.runtimes.llm.spec import LLMSpec
 
 __all__ = [
     "ContextLengthExceededError",
@@ -246,10 +247,10 @@ class LLMEngine:
         thread for each costs more than it saves (measured: 1 decoding stream, 2 cores: ~17 ms per
         step on one thread, ~23 ms on two), so small steps run on one thread.
         """
-        tokens = sum(len(i.tokens) for i in inputs)
-        torch.set_num_threads(self.threads if tokens > SMALL_STEP_TOKENS else 1)
-        batch = self.model.build_batch(inputs, self.kv.block_size)
-        logits = self.model.forward(batch, self.kv)
+        if self.model.device.type == "cpu":
+            tokens = sum(len(i.tokens) for i in inputs)
+            torch.set_num_threads(self.threads if tokens > SMALL_STEP_TOKENS else 1)
+        logits = self.model.compute(inputs, self.kv)
         if not sampling:
             return []
         return choose_tokens(logits, [p for p, _ in sampling], [g for _, g in sampling])
@@ -290,6 +291,8 @@ def load_llm_engine(
     """Resolve (convert once) the weights, size the KV pool from `spec.kv_budget_mb`, build the engine."""
     from transformers import AutoTokenizer
 
+    from infergraph.runtimes.llm.weights import resolve_llm_dir
+
     if threads:
         torch.set_num_threads(threads)
     model_dir = resolve_llm_dir(spec.source, cache)
@@ -314,7 +317,7 @@ def build_llm_engine(
             f"kv_budget_mb={spec.kv_budget_mb} holds {num_blocks * spec.block_size} tokens, fewer than "
             f"max_context={max_context}: raise the budget or lower max_context"
         )
-    kv = KVPool(model.shape, num_blocks, spec.block_size, model.dtype)
+    kv = KVPool(model.shape, num_blocks, spec.block_size, model.dtype, model.device)
     scheduler = Scheduler(
         num_blocks,
         spec.block_size,

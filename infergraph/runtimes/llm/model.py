@@ -8,14 +8,27 @@ decoding one token, some in a prefill chunk. Matmuls see all tokens at once; onl
 one SDPA call for every decoding sequence together (keys padded to the longest context and masked)
 and one per prefill chunk. Numerics follow `LlamaForCausalLM` (RMSNorm in fp32, RoPE tables from
 transformers' own init functions), so greedy decoding gives the same tokens.
+
+On a GPU (`device="cuda"`, bf16) a step takes the packed path instead: every sequence's K/V
+(its context, the new tokens included) is gathered from the pool into one unpadded buffer and one
+FlashAttention varlen call (causal, bottom-right aligned: a chunk at positions s..s+n-1 sees keys
+0..s+n-1) serves decodes and prefill chunks together, with grouped-query heads natively; the step's
+index tensors travel in two copies from pinned memory; decode-only steps replay a CUDA graph
+captured once per (sequences, context tokens) bucket. On the CPU the packed path can be forced
+(`packed=True`, the unit tests): the same gather and an equivalent per-sequence SDPA.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -75,15 +88,28 @@ def rope_tables(model_dir: Path, positions: int) -> tuple[torch.Tensor, torch.Te
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     config = AutoConfig.from_pretrained(model_dir)
-    scaling = getattr(config, "rope_scaling", None) or {}
+    # transformers 4 names it rope_scaling (None for plain RoPE); 5 rope_parameters
+    scaling = getattr(config, "rope_scaling", None) or getattr(config, "rope_parameters", None) or {}
     rope_type = scaling.get("rope_type", scaling.get("type", "default"))
     if rope_type not in _ROPE_TYPES:
         raise ValueError(f"RoPE type {rope_type!r} is not supported (supported: {_ROPE_TYPES})")
-    inv_freq, scale = ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"))
+    if rope_type == "default" and "default" not in ROPE_INIT_FUNCTIONS:  # transformers 5
+        inv_freq, scale = _default_inv_freq(config), 1.0
+    else:
+        inv_freq, scale = ROPE_INIT_FUNCTIONS[rope_type](config, torch.device("cpu"))
     pos = torch.arange(positions, dtype=torch.float32)
     freqs = (inv_freq.float()[:, None] @ pos[None, :]).T  # the same outer product as transformers
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos() * scale, emb.sin() * scale
+
+
+def _default_inv_freq(config: Any) -> torch.Tensor:
+    """Plain RoPE's frequencies, as transformers' default init computes them."""
+    params = getattr(config, "rope_parameters", None) or {}
+    base = params.get("rope_theta", getattr(config, "rope_theta", 10000.0))
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    dim = int(head_dim * params.get("partial_rotary_factor", getattr(config, "partial_rotary_factor", 1.0)))
+    return 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
 
 
 class KVPool:
@@ -93,12 +119,23 @@ class KVPool:
     sequence lives in slot `table[p // block_size] * block_size + p % block_size`.
     """
 
-    def __init__(self, shape: LlamaShape, num_blocks: int, block_size: int, dtype: torch.dtype) -> None:
+    def __init__(
+        self,
+        shape: LlamaShape,
+        num_blocks: int,
+        block_size: int,
+        dtype: torch.dtype,
+        device: str | torch.device = "cpu",
+    ) -> None:
         if num_blocks < 1:
             raise ValueError("the KV budget holds no block")
         self.num_blocks, self.block_size = num_blocks, block_size
-        slots = num_blocks * block_size
-        self.data = torch.zeros(shape.layers, 2, slots, shape.kv_heads, shape.head_dim, dtype=dtype)
+        # one block past the allocator's: padding rows of a graphed step write and read there
+        self.scratch_slot = num_blocks * block_size
+        slots = (num_blocks + 1) * block_size
+        self.data = torch.zeros(
+            shape.layers, 2, slots, shape.kv_heads, shape.head_dim, dtype=dtype, device=device
+        )
 
     @staticmethod
     def blocks_for_budget(shape: LlamaShape, budget_mb: float, block_size: int, dtype: torch.dtype) -> int:
@@ -141,19 +178,39 @@ class StepBatch:
 
 
 class LlamaPaged:
-    """Weights of a Llama model, laid out for batched CPU inference (QKV and gate/up fused)."""
+    """Weights of a Llama model, laid out for batched inference (QKV and gate/up fused).
 
-    def __init__(self, model_dir: Path, precision: str = "fp32", max_positions: int | None = None):
+    `device`: where weights, KV pool and steps live ("cpu" by default, as before). `state_dict`:
+    weights already in memory (e.g. a randomly initialised model), instead of the folder's
+    safetensors; `config.json` is still read from `model_dir`. `packed`: the unpadded varlen
+    attention path (default: on for a CUDA device in bf16, else off). `graphs`: replay decode-only
+    steps from CUDA graphs (packed path on a GPU only)."""
+
+    def __init__(
+        self,
+        model_dir: Path,
+        precision: str = "fp32",
+        max_positions: int | None = None,
+        device: str | torch.device = "cpu",
+        state_dict: dict[str, torch.Tensor] | None = None,
+        packed: bool | None = None,
+        graphs: bool = True,
+        max_graphs: int = 256,
+    ):
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; expected one of {sorted(PRECISIONS)}")
+        self.device = torch.device(device)
+        on_gpu = self.device.type == "cuda"
+        if on_gpu and precision in ("int8", "int4"):
+            raise ValueError(f"precision {precision!r} runs on the CPU only (its kernels are CPU kernels)")
         config = json.loads((Path(model_dir) / "config.json").read_text())
         self.shape = s = LlamaShape.from_config(config)
         dtype = PRECISIONS[precision]
         self.precision, self.dtype = precision, dtype
-        sd = _load_state_dict(Path(model_dir))
+        sd = dict(state_dict) if state_dict is not None else _load_state_dict(Path(model_dir))
 
         def w(name: str) -> torch.Tensor:
-            return sd.pop(name).to(dtype).contiguous()
+            return sd.pop(name).to(device=self.device, dtype=dtype).contiguous()
 
         def linear(*names: str) -> Weight:  # several projections of one input: one matmul
             return quantize(torch.cat([w(name) for name in names]).contiguous(), precision)
@@ -178,8 +235,198 @@ class LlamaPaged:
             self.norm_post.append(w(p + "post_attention_layernorm.weight"))
         self.max_positions = min(max_positions or s.max_positions, s.max_positions)
         cos, sin = rope_tables(Path(model_dir), self.max_positions)
-        self.cos, self.sin = cos.to(dtype), sin.to(dtype)
+        self.cos, self.sin = cos.to(device=self.device, dtype=dtype), sin.to(device=self.device, dtype=dtype)
         self.q_size, self.kv_size = s.heads * s.head_dim, s.kv_heads * s.head_dim
+        flash_ok = on_gpu and dtype in (torch.float16, torch.bfloat16)
+        self.packed = flash_ok if packed is None else packed
+        self.flash = flash_ok and self.packed
+        self.graphs = graphs and self.flash
+        self.max_graphs = max_graphs
+        self.capture_s = 0.0  # seconds spent capturing graphs so far
+        self.counters = {"graph_steps": 0, "eager_steps": 0, "graphs_captured": 0}
+        self._graphs: OrderedDict[tuple[int, int, int], _DecodeGraph] = OrderedDict()
+        self._pool = torch.cuda.graph_pool_handle() if self.graphs else None
+        self._pinned: dict[str, torch.Tensor] = {}
+        self._copied: dict[str, torch.cuda.Event] = {}
+
+    # ------------------------------------------------------------------ one step
+
+    @torch.inference_mode()
+    def compute(self, seqs: list[SeqInput], kv: KVPool) -> torch.Tensor:
+        """One model step: logits [sequences that want them, vocab] (fp32, on the model's device),
+        in the order of `seqs`. The CPU path is `build_batch` + `forward`; the packed path (GPU)
+        is `build_packed` + a graph replay (decode-only steps) or `_forward_packed`."""
+        if not self.packed:
+            batch = self.build_batch(seqs, kv.block_size)
+            if self.device.type != "cpu":
+                batch = _batch_to(batch, self.device)
+            return self.forward(batch, kv)
+        plan = build_packed(seqs, kv.block_size)
+        if self.graphs and plan.decode_only:
+            self.counters["graph_steps"] += 1
+            return self._replay(plan, kv)
+        self.counters["eager_steps"] += 1
+        return self._eager(plan, kv)
+
+    def _eager(self, plan: PackedPlan, kv: KVPool) -> torch.Tensor:
+        n, k, rows = len(plan.ids), len(plan.gather), len(plan.logit_rows)
+        i64 = self._to_device(
+            "i64", np.concatenate([plan.ids, plan.pos, plan.write, plan.gather, plan.logit_rows])
+        )
+        i32 = self._to_device("i32", np.concatenate([plan.cu_q, plan.cu_k]))
+        s = len(plan.cu_q)
+        ids, pos, write = i64[:n], i64[n : 2 * n], i64[2 * n : 3 * n]
+        gather, logit_rows = i64[3 * n : 3 * n + k], i64[3 * n + k : 3 * n + k + rows]
+        cu_q, cu_k = i32[:s], i32[s:]
+        return self._forward_packed(
+            ids, pos, write, gather, cu_q, cu_k, plan.max_q, plan.max_k, logit_rows, kv
+        )
+
+    def _to_device(self, name: str, arr: np.ndarray, dst: torch.Tensor | None = None) -> torch.Tensor:
+        """`arr` on the model's device (into `dst` if given); on a GPU through a pinned staging
+        buffer and an asynchronous copy (a buffer is reused only once its last copy has finished)."""
+        if self.device.type == "cpu":
+            out = torch.from_numpy(arr)
+            return out if dst is None else dst.copy_(out)
+        staged, done = self._pinned.get(name), self._copied.get(name)
+        if done is not None:
+            done.synchronize()
+        dtype = _TORCH_INT[arr.dtype]
+        if staged is None or staged.numel() < arr.size or staged.dtype != dtype:
+            staged = torch.empty(max(2 * arr.size, 4096), dtype=dtype).pin_memory()
+            self._pinned[name] = staged
+        view = staged[: arr.size]
+        view.numpy()[:] = arr
+        if dst is None:
+            dst = view.to(self.device, non_blocking=True)
+        else:
+            dst.copy_(view, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self._copied[name] = event
+        return dst
+
+    def _replay(self, plan: PackedPlan, kv: KVPool) -> torch.Tensor:
+        """A decode-only step from the graph of its (sequences, context tokens) bucket. Padding rows
+        are one-token sequences that write and read the pool's scratch slot."""
+        from infergraph.runtimes.engines.varlen_engine import bucket
+
+        n, k = len(plan.ids), len(plan.gather)
+        rows = bucket(n, 4, floor=8)
+        keys = bucket(k + rows - n, 8, floor=256)
+        entry = self._graph(rows, keys, kv)
+        scratch = kv.scratch_slot
+        i64 = np.empty(3 * rows + keys, dtype=np.int64)
+        i64[:rows] = 0
+        i64[:n] = plan.ids
+        i64[rows : 2 * rows] = 0
+        i64[rows : rows + n] = plan.pos
+        i64[2 * rows : 3 * rows + keys] = scratch
+        i64[2 * rows : 2 * rows + n] = plan.write
+        i64[3 * rows : 3 * rows + k] = plan.gather
+        i32 = np.empty(2 * (rows + 1), dtype=np.int32)
+        i32[: rows + 1] = np.arange(rows + 1)
+        i32[rows + 1 : rows + 2 + n] = plan.cu_k
+        i32[rows + 2 + n :] = plan.cu_k[-1] + np.arange(1, rows - n + 1)
+        self._to_device("g64", i64, entry.i64)
+        self._to_device("g32", i32, entry.i32)
+        entry.graph.replay()
+        return entry.out[:n]
+
+    def _graph(self, rows: int, keys: int, kv: KVPool) -> _DecodeGraph:
+        """The captured decode graph for `rows` sequences over `keys` gathered context tokens of
+        pool `kv` (captured now if new; least recently used ones evicted)."""
+        key = (id(kv), rows, keys)
+        entry = self._graphs.get(key)
+        if entry is not None and entry.kv is kv:
+            self._graphs.move_to_end(key)
+            return entry
+        t0 = time.perf_counter()
+        dev = self.device
+        i64 = torch.full((3 * rows + keys,), kv.scratch_slot, dtype=torch.long, device=dev)
+        i64[: 2 * rows] = 0
+        i32 = torch.arange(rows + 1, dtype=torch.int32, device=dev).repeat(2)
+        out = torch.empty(rows, self.shape.vocab, dtype=torch.float32, device=dev)
+
+        def run() -> torch.Tensor:
+            ids, pos, write = i64[:rows], i64[rows : 2 * rows], i64[2 * rows : 3 * rows]
+            gather, cu_q, cu_k = i64[3 * rows :], i32[: rows + 1], i32[rows + 1 :]
+            return self._forward_packed(ids, pos, write, gather, cu_q, cu_k, 1, self.max_positions, None, kv)
+
+        current = torch.cuda.current_stream(dev)
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(current)
+        with torch.cuda.stream(side):
+            run()  # warm-up outside capture: kernels chosen, workspaces made
+        current.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool, stream=side, capture_error_mode="thread_local"):
+            out.copy_(run())
+        current.wait_stream(side)
+        self.capture_s += time.perf_counter() - t0
+        self.counters["graphs_captured"] += 1
+        self._graphs[key] = entry = _DecodeGraph(graph, i64, i32, out, kv)
+        while len(self._graphs) > self.max_graphs:
+            self._graphs.popitem(last=False)
+        return entry
+
+    @torch.inference_mode()
+    def _forward_packed(
+        self,
+        ids: torch.Tensor,
+        pos: torch.Tensor,
+        write: torch.Tensor,
+        gather: torch.Tensor,
+        cu_q: torch.Tensor,
+        cu_k: torch.Tensor,
+        max_q: int,
+        max_k: int,
+        logit_rows: torch.Tensor | None,
+        kv: KVPool,
+    ) -> torch.Tensor:
+        """The packed forward: rows are the step's tokens sequence by sequence (`cu_q`); each
+        sequence attends to its gathered context (`gather`, bounds `cu_k`), causally aligned at the
+        end. Logits of `logit_rows` (None: every row). Shape-static given its inputs' sizes and the
+        two ints, so it can be captured into a CUDA graph."""
+        s = self.shape
+        n = ids.shape[0]
+        x = F.embedding(ids, self.embed)
+        cos = self.cos.index_select(0, pos)[:, None, :]
+        sin = self.sin.index_select(0, pos)[:, None, :]
+        for layer in range(s.layers):
+            h = _rms_norm(x, self.norm_in[layer], s.eps)
+            qkv = _mm(h, self.qkv[layer])
+            qk = _rope(
+                qkv[:, : self.q_size + self.kv_size].view(n, s.heads + s.kv_heads, s.head_dim), cos, sin
+            )
+            q, k = qk[:, : s.heads], qk[:, s.heads :]
+            v = qkv[:, self.q_size + self.kv_size :].view(n, s.kv_heads, s.head_dim)
+            cache_k, cache_v = kv.data[layer, 0], kv.data[layer, 1]
+            cache_k.index_copy_(0, write, k)
+            cache_v.index_copy_(0, write, v)
+            kk, vv = cache_k.index_select(0, gather), cache_v.index_select(0, gather)
+            attn = self._varlen(q.contiguous(), kk, vv, cu_q, cu_k, max_q, max_k)
+            x = x + _mm(attn.reshape(n, self.q_size), self.o[layer])
+            h = _rms_norm(x, self.norm_post[layer], s.eps)
+            gate, up = _mm(h, self.gate_up[layer]).split(s.intermediate, dim=-1)
+            x = x + _mm(F.silu(gate) * up, self.down[layer])
+        last = x if logit_rows is None else x.index_select(0, logit_rows)
+        return _mm(_rms_norm(last, self.final_norm, s.eps), self.lm_head).float()
+
+    def _varlen(
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        cu_q: torch.Tensor,
+        cu_k: torch.Tensor,
+        max_q: int,
+        max_k: int,
+    ) -> torch.Tensor:
+        if self.flash:  # grouped-query heads natively; causal = aligned at the end when q < k
+            out = torch.ops.aten._flash_attention_forward(q, k, v, cu_q, cu_k, max_q, max_k, 0.0, True, False)
+            return out[0]
+        return varlen_attention_reference(q, k, v, cu_q, cu_k)
 
     # ------------------------------------------------------------------ batch building
 
@@ -332,3 +579,107 @@ def _load_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
     for f in files:
         sd.update(load_file(str(f)))
     return sd
+
+
+_TORCH_INT = {np.dtype(np.int64): torch.long, np.dtype(np.int32): torch.int32}
+
+
+@dataclass
+class PackedPlan:
+    """One step for the packed path, as host arrays: rows sequence by sequence, in caller order."""
+
+    ids: np.ndarray  # [N] int64
+    pos: np.ndarray  # [N]
+    write: np.ndarray  # [N] pool slots of the new tokens' K/V
+    gather: np.ndarray  # [K] pool slots of every sequence's context (new tokens included), end to end
+    cu_q: np.ndarray  # [S + 1] int32: rows of each sequence
+    cu_k: np.ndarray  # [S + 1] int32: gathered keys of each sequence
+    max_q: int
+    max_k: int
+    logit_rows: np.ndarray  # [L] last row of each sequence that wants logits
+
+    @property
+    def decode_only(self) -> bool:
+        """One token per sequence, every one sampling: the shape a decode graph replays."""
+        return self.max_q == 1 and len(self.logit_rows) == len(self.ids)
+
+
+@dataclass
+class _DecodeGraph:
+    graph: torch.cuda.CUDAGraph
+    i64: torch.Tensor  # ids | positions | write slots | gather slots
+    i32: torch.Tensor  # cu_q | cu_k
+    out: torch.Tensor  # logits of every row
+    kv: KVPool  # the pool whose tensors the graph reads and writes
+
+
+def build_packed(seqs: list[SeqInput], block_size: int) -> PackedPlan:
+    """Host-side index arrays of one packed step (numpy, vectorised over sequences)."""
+    n_seqs = len(seqs)
+    lens = np.fromiter((len(s.tokens) for s in seqs), np.int64, n_seqs)
+    starts = np.fromiter((s.start for s in seqs), np.int64, n_seqs)
+    ends = starts + lens
+    width = max(len(s.block_table) for s in seqs)
+    tables = np.zeros((n_seqs, width), dtype=np.int64)
+    for i, s in enumerate(seqs):
+        tables[i, : len(s.block_table)] = s.block_table
+    slots = (tables[:, :, None] * block_size + np.arange(block_size)).reshape(n_seqs, width * block_size)
+    gather = slots[np.arange(width * block_size)[None, :] < ends[:, None]]
+    cu_q = np.zeros(n_seqs + 1, dtype=np.int64)
+    np.cumsum(lens, out=cu_q[1:])
+    cu_k = np.zeros(n_seqs + 1, dtype=np.int64)
+    np.cumsum(ends, out=cu_k[1:])
+    n = int(cu_q[-1])
+    row_seq = np.repeat(np.arange(n_seqs), lens)
+    pos = starts[row_seq] + np.arange(n) - cu_q[row_seq]
+    want = np.fromiter((s.want_logits for s in seqs), bool, n_seqs)
+    return PackedPlan(
+        ids=np.fromiter(itertools.chain.from_iterable(s.tokens for s in seqs), np.int64, n),
+        pos=pos,
+        write=slots[row_seq, pos],
+        gather=gather,
+        cu_q=cu_q.astype(np.int32),
+        cu_k=cu_k.astype(np.int32),
+        max_q=int(lens.max()),
+        max_k=int(ends.max()),
+        logit_rows=(cu_q[1:] - 1)[want],
+    )
+
+
+def varlen_attention_reference(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor
+) -> torch.Tensor:
+    """What the FlashAttention varlen call computes, one SDPA call per sequence (CPU, tests):
+    query i of a sequence with nq queries and nk keys sees keys 0..i + nk - nq."""
+    out = torch.empty_like(q)
+    bq, bk = cu_q.tolist(), cu_k.tolist()
+    for i in range(len(bq) - 1):
+        nq, nk = bq[i + 1] - bq[i], bk[i + 1] - bk[i]
+        if nq == 0:
+            continue
+        qq = q[bq[i] : bq[i + 1]].transpose(0, 1)[None]
+        kk = k[bk[i] : bk[i + 1]].transpose(0, 1)[None]
+        vv = v[bk[i] : bk[i + 1]].transpose(0, 1)[None]
+        mask = torch.arange(nk)[None, :] <= torch.arange(nq)[:, None] + (nk - nq)
+        o = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=mask.to(q.device), enable_gqa=True)
+        out[bq[i] : bq[i + 1]] = o[0].transpose(0, 1)
+    return out
+
+
+def _batch_to(batch: StepBatch, device: torch.device) -> StepBatch:
+    """The CPU-built batch of the unpacked path on `device` (e.g. fp32 on a GPU)."""
+
+    def mv(t: torch.Tensor | None) -> torch.Tensor | None:
+        return None if t is None else t.to(device)
+
+    return StepBatch(
+        input_ids=batch.input_ids.to(device),
+        cos=batch.cos.to(device),
+        sin=batch.sin.to(device),
+        write_slots=batch.write_slots.to(device),
+        n_decode=batch.n_decode,
+        decode_keys=mv(batch.decode_keys),
+        decode_mask=mv(batch.decode_mask),
+        prefills=[_Prefill(p.rows, p.start, mv(p.keys), mv(p.mask)) for p in batch.prefills],
+        logit_rows=batch.logit_rows.to(device),
+    )

@@ -56,7 +56,7 @@ def choose_tokens(
     for i, p in enumerate(params):
         if p.greedy:
             continue
-        probs = torch.softmax(logits[i].float() / p.temperature, dim=-1)
+        probs = torch.softmax(logits[i].float().cpu() / p.temperature, dim=-1)  # generators are CPU ones
         probs = top_p_filter(probs, p.top_p)
         out[i] = int(torch.multinomial(probs, 1, generator=generators[i]).item())
     return out

@@ -121,10 +121,18 @@ class _Plan:
     def __init__(self, budget: int) -> None:
         self.budget = budget
         self.sizes: dict[Sequence, int] = {}
+        self._used = 0  # sum of sizes, kept as they change (hundreds of sequences a step on a GPU)
+
+    def set(self, seq: Sequence, n: int) -> None:
+        self._used += n - self.sizes.get(seq, 0)
+        self.sizes[seq] = n
+
+    def drop(self, seq: Sequence) -> None:
+        self._used -= self.sizes.pop(seq, 0)
 
     @property
     def left(self) -> int:
-        return self.budget - sum(self.sizes.values())
+        return self.budget - self._used
 
 
 class Scheduler:
@@ -206,20 +214,21 @@ class Scheduler:
             if plan.left == 0:
                 break
             if seq.status is SeqStatus.RUNNING and self._grow(seq, seq.num_computed + 1, plan):
-                plan.sizes[seq] = 1
+                plan.set(seq, 1)
         joining = list(self.waiting) if self.mode == "continuous" else []
+        joining_set = set(joining)  # Sequence hashes by identity (eq=False)
         prefills = [s for s in self.running if s.pending > 1]
         admitting = True
         for seq in sorted(prefills + joining, key=lambda s: s.key):
             if plan.left == 0:
                 break
-            if seq in joining:
+            if seq in joining_set:
                 if admitting and seq.status is SeqStatus.WAITING:
                     admitting = self._join(seq, plan)
             elif seq.status is SeqStatus.RUNNING:
                 n = self._fit(seq, min(seq.pending, plan.left), spare=0)
                 if self._grow(seq, seq.num_computed + n, plan):
-                    plan.sizes[seq] = n
+                    plan.set(seq, n)
         for seq, n in sorted(plan.sizes.items(), key=lambda item: item[0].key):
             samples = seq.num_computed + n == seq.length
             step.chunks.append(Chunk(seq, seq.num_computed, seq.next_tokens(n), samples))
@@ -286,7 +295,7 @@ class Scheduler:
                 return False
             seq.blocks += self.blocks.allocate(need)
         self._start(seq)
-        plan.sizes[seq] = n
+        plan.set(seq, n)
         return True
 
     def _fit(self, seq: Sequence, n: int, spare: int) -> int:
@@ -355,6 +364,6 @@ class Scheduler:
         seq.preemptions += 1
         bisect.insort(self.waiting, seq, key=lambda s: s.key)
         if plan is not None:
-            plan.sizes.pop(seq, None)
+            plan.drop(seq)
         self.counters["preemptions"] += 1
         self.counters[f"preemptions_tier{seq.tier_rank}"] += 1
