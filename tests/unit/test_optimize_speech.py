@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
+from infergraph import debian
 from infergraph.optimize import speech_data
 from infergraph.optimize.speech import REFERENCE, VariantRun, choose, gate
 from infergraph.paths import PROJECT_ROOT
@@ -80,7 +81,7 @@ def test_cache_is_reused_and_rebuilt_when_settings_change(eval_cache, monkeypatc
 
 
 def test_missing_festival_says_what_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr(speech_data.shutil, "which", lambda _name: None)
+    monkeypatch.setattr(debian.shutil, "which", lambda _name: None)  # no text2wave, no apt-get
     with pytest.raises(speech_data.FestivalMissingError, match="apt-get install festival festvox-us-slt-hts"):
         speech_data.build_eval_set(3, cache=tmp_path)
 
