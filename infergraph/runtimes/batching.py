@@ -8,6 +8,12 @@ like `serve.batch(batch_size_fn=...)`, and run one at a time: the model uses eve
 
 Express batches: a batch that starts with work of rank <= `express_rank` (premium) takes only such
 work, so urgent requests are not padded out with bulk work and come back after one small batch.
+
+No wait for a lone request on an idle replica: when the only waiting request arrives after the last
+batch (itself a single request) had finished with nothing else waiting (a client alone, or a quiet
+spell), `wait_s` would only add latency, so it runs at once. When work arrives while batches run
+(several clients), the wait applies as before: skipping it there measured ~6% fewer sentences/s at
+8 clients.
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ class PriorityBatcher(Generic[P, R]):
         self._seq = itertools.count()
         self._arrived = asyncio.Event()
         self._loop_task: asyncio.Task | None = None
+        self._idle = True  # the last batch held one request and nothing was waiting when it ended
 
     def __len__(self) -> int:
         return len(self._heap)
@@ -81,7 +88,10 @@ class PriorityBatcher(Generic[P, R]):
                 await self._run_batch(batch)
 
     async def _let_batch_fill(self) -> None:
-        """Wait until the oldest waiting item is `wait_s` old or a full batch is waiting."""
+        """Wait until the oldest waiting item is `wait_s` old or a full batch is waiting (a lone
+        request after a lone request does not wait: see the module docstring)."""
+        if len(self._heap) == 1 and self._idle:
+            return
         while sum(w.weight for w in self._heap) < self.max_weight:
             remaining = min(w.arrived for w in self._heap) + self.wait_s - self.clock()
             if remaining <= 0:
@@ -119,6 +129,7 @@ class PriorityBatcher(Generic[P, R]):
                 if not w.future.done():
                     w.future.set_exception(exc)
             return
+        self._idle = len(batch) == 1 and not self._heap
         for w, result in zip(batch, results, strict=True):
             if not w.future.done():
                 w.future.set_result(result)

@@ -101,3 +101,35 @@ def test_a_premium_batch_is_not_padded_with_bulk_work():
     asyncio.run(scenario())
     assert batches[1] == ["premium"], batches
     assert batches[2] == ["bulk0", "bulk1", "bulk2"]
+
+
+def test_a_lone_client_does_not_pay_the_batch_wait():
+    async def run(items):
+        return items
+
+    async def scenario():
+        b = PriorityBatcher(run, max_weight=16, wait_s=0.3)
+        started = time.perf_counter()
+        for i in range(3):  # one request at a time, as a single client sends them
+            await b.submit(f"r{i}", 1, rank=1)
+        return time.perf_counter() - started
+
+    assert asyncio.run(scenario()) < 0.15, "each lone request waited for company that never came"
+
+
+def test_after_a_shared_batch_a_request_still_waits_for_company():
+    batches: list[list[str]] = []
+
+    async def run(items):
+        batches.append(items)
+        return items
+
+    async def scenario():
+        b = PriorityBatcher(run, max_weight=16, wait_s=0.1)
+        await asyncio.gather(b.submit("x", 1, rank=1), b.submit("y", 1, rank=1))  # a batch of two
+        first = asyncio.create_task(b.submit("a", 1, rank=1))
+        await asyncio.sleep(0.03)
+        await asyncio.gather(first, b.submit("b", 1, rank=1))
+
+    asyncio.run(scenario())
+    assert batches[-1] == ["a", "b"], batches
