@@ -13,7 +13,7 @@ from infergraph.deployments.context import BuildContext
 from infergraph.deployments.kinds import KINDS
 from infergraph.deployments.ledger import TenantLedger
 from infergraph.deployments.router import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_UPLOAD_BYTES, Router
-from infergraph.deployments.tenants import load_tenants
+from infergraph.deployments.tenants import load_tenants, refuse_published_keys
 from infergraph.paths import absolute_tracking_uri, launch_root, project_path
 from infergraph.runtimes.catalog import Catalog, load_catalog
 
@@ -47,6 +47,9 @@ class AppArgs(BaseModel):
         default_factory=dict, description="per model: AdmissionConfig fields over `admission` and its kind's"
     )
     registry: RegistryArgs = RegistryArgs()
+    allow_dev_keys: bool = Field(
+        False, description="serve the published development keys on a non-loopback address too"
+    )
     shared_tenant_limits: bool = Field(
         True,
         description="rates and quotas per tenant across router replicas (a TenantLedger); off: per replica",
@@ -57,6 +60,7 @@ def build_app(args: dict[str, Any]) -> Application:
     opts = AppArgs.model_validate(args or {})
     catalog = load_catalog(project_path(opts.catalog))
     tenants = load_tenants(project_path(opts.tenants))  # a bad file fails here, not in a replica
+    refuse_published_keys(tenants, serve_http_host(), opts.allow_dev_keys)
     # Relative to the checkout, which is not where this code runs under `uv run serve run` (variants.py).
     root = launch_root()
     tracking_uri = absolute_tracking_uri(opts.registry.tracking_uri, root)
@@ -101,3 +105,15 @@ def with_dependencies(catalog: Catalog, models: list[str]) -> list[str]:
     for name in models:
         visit(name)
     return ordered
+
+
+def serve_http_host() -> str | None:
+    """Where Serve's HTTP ingress listens (`http_options.host`), asked of the running controller (the
+    builder runs as a task of the cluster); None when there is none to ask (a build outside Serve)."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        client = _get_global_client(raise_if_no_controller_running=False)
+    except Exception:  # no Ray cluster: nothing is listening anywhere yet
+        return None
+    return None if client is None else str(client.http_config.host)

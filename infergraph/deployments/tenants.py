@@ -108,6 +108,31 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+# The development keys configs/tenants.yaml ships with; the README publishes them.
+PUBLISHED_KEYS = ("sk-ig-dev", "sk-ig-demo-premium", "sk-ig-demo-standard", "sk-ig-demo-batch", "sk-ig-admin")
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def published_keys_in(config: TenantsConfig) -> list[str]:
+    """Tenants (and `admin`) whose key is one of the published development keys."""
+    published = {hash_key(k) for k in PUBLISHED_KEYS}
+    found = [t.name for t in config.tenants if t.key_sha256 in published]
+    return found + (["admin"] if config.admin_key_sha256 in published else [])
+
+
+def refuse_published_keys(config: TenantsConfig, host: str | None, allowed: bool) -> None:
+    """A service others can reach must not accept keys anyone can read in the README."""
+    if allowed or host is None or host in LOOPBACK_HOSTS:
+        return
+    found = published_keys_in(config)
+    if found:
+        raise ValueError(
+            f"the service binds to {host}, and the tenants file still has the published development keys of "
+            f"{', '.join(found)}: replace them (docs/kubernetes.md, 'API keys'), or set the application's "
+            "`allow_dev_keys: true` to serve them anyway"
+        )
+
+
 def load_tenants(path: Path) -> TenantsConfig:
     return TenantsConfig.model_validate(yaml.safe_load(path.read_text()))
 

@@ -156,6 +156,19 @@ def start_service(
 ) -> RunningService:
     """Launch `serve run` on a copy of `config` with only the port changed, in the environment of
     `env_file` (None: Serve's defaults); wait until it answers."""
+    service = launch_service(config, port, env_file)
+    try:
+        service.startup_s = service.wait_ready(ready_timeout_s)
+    except BaseException:
+        service.stop()
+        raise
+    return service
+
+
+def launch_service(
+    config: Path = DEFAULT_CONFIG, port: int | None = None, env_file: Path | None = DEFAULT_ENV_FILE
+) -> RunningService:
+    """`start_service` without the wait: for tests of a service that must not come up."""
     cfg = yaml.safe_load(config.read_text())
     port = port or free_port()
     cfg["http_options"]["port"] = port
@@ -175,10 +188,4 @@ def start_service(
             start_new_session=True,
         )
     models = [m for app in cfg["applications"] for m in app.get("args", {}).get("models", [])]
-    service = RunningService(proc, f"http://127.0.0.1:{port}", log, cfg_path, models)
-    try:
-        service.startup_s = service.wait_ready(ready_timeout_s)
-    except BaseException:
-        service.stop()
-        raise
-    return service
+    return RunningService(proc, f"http://127.0.0.1:{port}", log, cfg_path, models)

@@ -11,6 +11,7 @@ from infergraph.deployments.tenants import (
     Tier,
     hash_key,
     load_tenants,
+    refuse_published_keys,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -144,3 +145,23 @@ def test_a_refused_request_is_refunded_to_quota_and_rate():
     tenant.refund(clock())  # e.g. the queue was full: 429 queue_full is not a use of the quota
     tenant.admit(clock())  # neither the daily quota nor the bucket counted the refused one
     assert rejected(lambda: tenant.admit(clock())).code == "quota_exceeded"
+
+
+def shipped_tenants() -> TenantsConfig:
+    return load_tenants(ROOT / "configs" / "tenants.yaml")
+
+
+def test_the_published_keys_are_refused_on_a_public_address():
+    with pytest.raises(ValueError, match="published development keys of dev, demo-premium") as refused:
+        refuse_published_keys(shipped_tenants(), "0.0.0.0", allowed=False)
+    assert "admin" in str(refused.value) and "allow_dev_keys" in str(refused.value)
+
+
+def test_the_published_keys_are_fine_on_loopback_or_when_allowed():
+    refuse_published_keys(shipped_tenants(), "127.0.0.1", allowed=False)
+    refuse_published_keys(shipped_tenants(), "0.0.0.0", allowed=True)
+
+
+def test_own_keys_are_fine_on_a_public_address():
+    config = registry(Clock()).config  # acme's own key, an admin key of its own
+    refuse_published_keys(config, "0.0.0.0", allowed=False)
