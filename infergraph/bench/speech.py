@@ -1,8 +1,10 @@
 """Speech-to-text side by side in one run on this machine: infergraph's service against faster-whisper
-used directly on the same CTranslate2 weights, greedy, English, no temperature fallback.
+used directly on the same CTranslate2 weights and whisper.cpp (pywhispercpp) on the same weights
+converted to ggml f16, greedy, English, no temperature fallback.
 
-    uv run python -m infergraph.bench.speech                 # tiny.en int8, 3 rounds (~12 min on 2 cores)
+    uv run python -m infergraph.bench.speech                 # tiny.en int8, 3 rounds (~14 min on 2 cores)
     uv run python -m infergraph.bench.speech --precision fp32
+    uv run python -m infergraph.bench.speech --no-whisper-cpp  # without the whisper.cpp peer
 
 Clips are read aloud by festival from known sentences (optimize/speech_data.py picks them), several
 sentences per clip with 0.6 s pauses, lengths mixed from ~5 s to ~140 s. Each system runs alone on the
@@ -10,10 +12,13 @@ machine, alternated over `--rounds` rounds (default 3: this box's speed drifts b
 minutes); the table shows medians. Measured:
 
 1. Real-time factor (compute seconds per audio second) of one 30 s clip, median of 3: faster-whisper
-   `WhisperModel.transcribe` in process; infergraph through HTTP (everything a client waits for).
+   `WhisperModel.transcribe` and whisper.cpp's `whisper_full` in process; infergraph through HTTP
+   (everything a client waits for).
 2. Aggregate audio seconds per second over all clips: faster-whisper one clip at a time (its plain
    `transcribe`, and its `BatchedInferencePipeline`, which cuts at silences and batches one clip's
-   windows); infergraph with 8 concurrent clients, each sending its share of the clips.
+   windows); whisper.cpp one clip at a time (ggml f16 of the same weights, `ggml_convert.py`, as many
+   threads as the machine has cores); infergraph with 8 concurrent clients, each sending its share of
+   the clips.
 3. Word error rate of each system on those clips (numbers normalised like the optimize pipeline's).
 4. Premium under a flood: batch-tier clients send the long clips back to back while a premium client
    sends a short clip every second; premium latency p50/p99 and refusals, batch progress.
@@ -26,6 +31,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import statistics
 import tempfile
 import threading
@@ -116,6 +122,32 @@ def faster_whisper_runs(model_dir: Path, precision: str, clips: list[Clip], rtf_
         took = time.perf_counter() - began
         rows.append(_row(label, "one clip at a time, in process", rtf, clips, texts, took))
     return rows
+
+
+# --- whisper.cpp, in process ----------------------------------------------------------------------
+def whisper_cpp_runs(ggml: Path, clips: list[Clip], rtf_clip: Clip, threads: int) -> list[dict]:
+    """pywhispercpp's `Model` on the ggml file: greedy, English, no temperature fallback
+    (`temperature_inc` 0), non-speech tokens suppressed (as faster-whisper's default `suppress_tokens`),
+    no conditioning on previous text: whisper.cpp keeps that text in its state from one call to the
+    next, so it would leak from one clip into the next."""
+    from pywhispercpp.model import Model
+
+    model = Model(
+        str(ggml), redirect_whispercpp_logs_to=None, n_threads=threads, language="en", temperature=0.0,
+        temperature_inc=0.0, no_context=True, suppress_nst=True, print_progress=False, print_realtime=False,
+    )  # fmt: skip
+
+    def run(audio: np.ndarray) -> str:
+        segments = model.transcribe(np.ascontiguousarray(audio, dtype=np.float32))
+        return " ".join(s.text.strip() for s in segments)  # whisper.cpp's segments may not start with a space
+
+    run(rtf_clip.audio[: SAMPLE_RATE * 5])  # warm-up
+    rtf = statistics.median(_timed(functools.partial(run, rtf_clip.audio)) for _ in range(3))
+    rtf /= rtf_clip.seconds
+    began, texts = time.perf_counter(), [run(c.audio) for c in clips]
+    took = time.perf_counter() - began
+    how = f"one clip at a time, in process, ggml f16, {threads} threads"
+    return [_row("whisper.cpp", how, rtf, clips, texts, took)]
 
 
 def _timed(run: Callable[[], object]) -> float:
@@ -226,6 +258,21 @@ def flood(url: str, model: str, long_clips: list[Clip], short: Clip, seconds: fl
     }
 
 
+def whisper_cpp_info(ggml: Path, threads: int) -> dict:
+    """What the whisper.cpp figures were measured with: the wheel's version and build (CPU features
+    its ggml was compiled for), the threads, and the converted file."""
+    import importlib.metadata
+
+    import _pywhispercpp
+
+    return {
+        "pywhispercpp": importlib.metadata.version("pywhispercpp"),
+        "system_info": _pywhispercpp.whisper_print_system_info().strip(),
+        "threads": threads,
+        "ggml": str(ggml),
+    }
+
+
 def _median_row(rows: list[dict]) -> dict:
     """One system's figures over the rounds: the median of each number."""
     numbers = {k for k, v in rows[0].items() if isinstance(v, int | float)}
@@ -274,7 +321,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--precision", default="int8", choices=["int8", "fp32"])
     ap.add_argument("--clips", type=int, default=24)
     ap.add_argument("--flood-s", type=float, default=30)
-    ap.add_argument("--rounds", type=int, default=3, help="faster-whisper then infergraph, this many times")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="faster-whisper, whisper.cpp, then infergraph, this many times")  # fmt: skip
+    ap.add_argument("--whisper-cpp", action=argparse.BooleanOptionalAction, default=True,
+                    help="whisper.cpp (pywhispercpp) as a peer, on the weights as ggml f16")  # fmt: skip
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="whisper.cpp's threads")
     ap.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "speech")
     a = ap.parse_args(argv)
     console = Console(width=150)
@@ -289,12 +340,23 @@ def main(argv: list[str] | None = None) -> None:
 
     spec = load_catalog(PROJECT_ROOT / "configs" / "models.yaml").get(a.model)
     model_dir = resolve_ct2_dir(spec.source)  # type: ignore[union-attr]
+    ggml = None
+    if a.whisper_cpp:
+        from infergraph.runtimes.speech.ggml_convert import resolve_ggml_file
+
+        ggml = resolve_ggml_file(spec.source)  # type: ignore[union-attr]
+        info = whisper_cpp_info(ggml, a.threads)
+        console.print(f"whisper.cpp: pywhispercpp {info['pywhispercpp']}, {a.threads} threads, {ggml.name}; "
+                      f"{info['system_info']}")  # fmt: skip
     workdir = Path(tempfile.mkdtemp(prefix="ig-speech-bench-"))
     rounds: list[list[dict]] = []
     flooded: dict = {}
     for n in range(a.rounds):  # alternated, each system alone on the machine: drift hits both
         with console.status(f"round {n + 1}/{a.rounds}: faster-whisper"):
             rows = faster_whisper_runs(model_dir, a.precision, clips, rtf_clip)
+        if ggml is not None:
+            with console.status(f"round {n + 1}/{a.rounds}: whisper.cpp"):
+                rows += whisper_cpp_runs(ggml, clips, rtf_clip, a.threads)
         service = start_service(serve_config(a.model, a.engine, a.precision, workdir))
         try:
             url = f"{service.base_url}/v1/audio/transcriptions"
@@ -318,7 +380,8 @@ def main(argv: list[str] | None = None) -> None:
     report(rows, flooded, console, title)
     a.out.mkdir(parents=True, exist_ok=True)
     result = {"model": a.model, "engine": a.engine, "precision": a.precision, "rows": rows, "rounds": rounds,
-              "flood": flooded, "clips": [{"seconds": c.seconds} for c in clips]}  # fmt: skip
+              "flood": flooded, "clips": [{"seconds": c.seconds} for c in clips],
+              "whisper_cpp": whisper_cpp_info(ggml, a.threads) if ggml is not None else None}  # fmt: skip
     (a.out / "bench.json").write_text(json.dumps(result, indent=2))
     plot(rows, a.out / "bench.png", title)
     console.print(f"wrote {a.out / 'bench.json'} and bench.png")
