@@ -110,10 +110,14 @@ def with_dependencies(catalog: Catalog, models: list[str]) -> list[str]:
 def serve_http_host() -> str | None:
     """Where Serve's HTTP ingress listens (`http_options.host`), asked of the running controller (the
     builder runs as a task of the cluster); None when there is none to ask (a build outside Serve)."""
+    import ray
+
+    if not ray.is_initialized():  # a build outside a cluster (tests, checks): asking would start Ray
+        return None
     try:
         from ray.serve.context import _get_global_client
 
         client = _get_global_client(raise_if_no_controller_running=False)
-    except Exception:  # no Ray cluster: nothing is listening anywhere yet
+    except Exception:  # no Serve controller: nothing is listening anywhere yet
         return None
     return None if client is None else str(client.http_config.host)
