@@ -44,7 +44,7 @@ from rich.console import Console
 
 from infergraph.corpus import load_corpus
 from infergraph.paths import PROJECT_ROOT
-from infergraph.testing.service import DEFAULT_CONFIG, RunningService, start_service
+from infergraph.testing.service import RunningService, serving_only, start_service
 
 MODEL = "all-MiniLM-L6-v2"
 KEYS = {"premium": "sk-ig-demo-premium", "batch": "sk-ig-demo-batch"}
@@ -63,11 +63,9 @@ class Sample:
 
 
 def serve_config(workdir: Path, replicas: int, routers: int) -> Path:
-    cfg = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    cfg = serving_only([MODEL])
     app = cfg["applications"][0]
-    app["args"]["models"] = [MODEL]
     app["args"]["registry"]["default_variant"] = "base"
-    app["deployments"] = [d for d in app["deployments"] if d["name"] in ("Router", MODEL)]
     model = next(d for d in app["deployments"] if d["name"] == MODEL)
     model["num_replicas"] = replicas
     model["ray_actor_options"] = {"num_cpus": 0.4}

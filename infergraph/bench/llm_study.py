@@ -238,21 +238,18 @@ def llm_catalog_entry(mode: str, overrides: dict[str, Any] | None = None) -> dic
 
 def serve_config(workdir: Path, mode: str, overrides: dict[str, Any] | None = None) -> Path:
     """configs/serve.yaml serving only the Router and the LLM (with `mode`), its tiers' deadlines raised."""
-    from infergraph.testing.service import DEFAULT_CONFIG
+    from infergraph.testing.service import serving_only
 
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "models.yaml").write_text(yaml.safe_dump({"models": [llm_catalog_entry(mode, overrides)]}))
-    cfg = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    cfg = serving_only([MODEL])
     app = cfg["applications"][0]
     tenants = yaml.safe_load(project_path(app["args"]["tenants"]).read_text())
     for tier in tenants["tiers"].values():
         tier["deadline_ms"] = LONG_DEADLINE_MS
         tier["queue_limit"] = max(int(tier["queue_limit"]), 4096)
     (workdir / "tenants.yaml").write_text(yaml.safe_dump(tenants))
-    app["args"].update(
-        catalog=str(workdir / "models.yaml"), tenants=str(workdir / "tenants.yaml"), models=[MODEL]
-    )
-    app["deployments"] = [d for d in app["deployments"] if d["name"] in ("Router", MODEL)]
+    app["args"].update(catalog=str(workdir / "models.yaml"), tenants=str(workdir / "tenants.yaml"))
     path = workdir / "serve.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path

@@ -19,17 +19,15 @@ import yaml
 
 from infergraph.bench.loadgen import closed_loop
 from infergraph.corpus import load_corpus
-from infergraph.testing.service import DEFAULT_CONFIG, start_service
+from infergraph.testing.service import serving_only, start_service
 
 MODEL = "all-MiniLM-L6-v2"
 
 
 def minilm_only(workdir: Path) -> Path:
-    cfg = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    cfg = serving_only([MODEL])
     app = cfg["applications"][0]
-    app["args"]["models"] = [MODEL]
     app["args"]["registry"]["default_variant"] = "base"
-    app["deployments"] = [d for d in app["deployments"] if d["name"] in ("Router", MODEL)]
     path = workdir / "serve.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

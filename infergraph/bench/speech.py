@@ -51,7 +51,7 @@ from infergraph.optimize.speech_data import select_sentences, wer
 from infergraph.paths import PROJECT_ROOT
 from infergraph.runtimes.sources import cache_root
 from infergraph.runtimes.speech.engine import SAMPLE_RATE
-from infergraph.testing.service import DEFAULT_CONFIG, start_service
+from infergraph.testing.service import serving_only, start_service
 from infergraph.testing.speech import encode, silence, synthesize
 
 KEYS = {"premium": "sk-ig-demo-premium", "standard": "sk-ig-dev", "batch": "sk-ig-demo-batch"}
@@ -174,12 +174,10 @@ def serve_config(model: str, engine: str, precision: str, workdir: Path) -> Path
     entry = next(m for m in catalog["models"] if m["name"] == model)
     entry.update(engine=engine, precision=precision)
     (workdir / "models.yaml").write_text(yaml.safe_dump(catalog))
-    cfg = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    cfg = serving_only([model])
     app = cfg["applications"][0]
     app["args"]["catalog"] = str(workdir / "models.yaml")
-    app["args"]["models"] = [model]
     app["args"]["registry"]["default_variant"] = "base"  # the settings above, whatever was promoted
-    app["deployments"] = [d for d in app["deployments"] if d["name"] in ("Router", model)]
     path = workdir / "serve.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

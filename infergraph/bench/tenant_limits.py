@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from infergraph.paths import PROJECT_ROOT
-from infergraph.testing.service import DEFAULT_CONFIG, start_service
+from infergraph.testing.service import serving_only, start_service
 
 MODEL = "all-MiniLM-L6-v2"
 KEY = "sk-ig-limited"
@@ -67,11 +67,10 @@ def limited_service_config(workdir: Path, routers: int, shared: bool, rps: float
         }
     )
     (workdir / "tenants.yaml").write_text(yaml.safe_dump(tenants))
-    cfg = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    cfg = serving_only([MODEL])
     app = cfg["applications"][0]
-    app["args"].update(models=[MODEL], tenants=str(workdir / "tenants.yaml"), shared_tenant_limits=shared)
+    app["args"].update(tenants=str(workdir / "tenants.yaml"), shared_tenant_limits=shared)
     app["args"]["registry"]["default_variant"] = "base"
-    app["deployments"] = [d for d in app["deployments"] if d["name"] in ("Router", MODEL)]
     router = next(d for d in app["deployments"] if d["name"] == "Router")
     router.update(num_replicas=routers, ray_actor_options={"num_cpus": 0.1})
     path = workdir / f"serve-{routers}-{'shared' if shared else 'local'}.yaml"

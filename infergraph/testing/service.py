@@ -36,6 +36,16 @@ PROBES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+def serving_only(models: list[str], config: Path = DEFAULT_CONFIG) -> dict[str, Any]:
+    """`config` as a dict whose application serves only `models` behind the Router: a smaller
+    service for tests and benchmarks (callers adjust the rest and write it out)."""
+    cfg: dict[str, Any] = yaml.safe_load(config.read_text())
+    app = cfg["applications"][0]
+    app["args"]["models"] = list(models)
+    app["deployments"] = [d for d in app["deployments"] if d["name"] in ("Router", *models)]
+    return cfg
+
+
 def serve_env(env_file: Path | None, workdir: Path) -> dict[str, str]:
     """The environment `serve run` gets: this one, plus `env_file` (it does not override what is set).
 

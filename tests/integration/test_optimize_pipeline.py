@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from infergraph.testing import DEV_KEY
-from infergraph.testing.service import DEFAULT_CONFIG, start_service
+from infergraph.testing.service import serving_only, start_service
 
 pytestmark = pytest.mark.integration
 
@@ -81,11 +81,9 @@ def test_a_deployment_serves_the_promoted_variant(quick_run, tmp_path):
 
     uri, _, _ = quick_run
     winner = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version_by_alias(MINILM, "production")
-    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    config = serving_only([MINILM])
     app = config["applications"][0]
-    app["args"]["models"] = [MINILM]
     app["args"]["registry"] = {**app["args"].get("registry", {}), "tracking_uri": uri}
-    app["deployments"] = [d for d in app["deployments"] if d["name"] in ("Router", MINILM)]
     path = tmp_path / "serve.yaml"
     path.write_text(yaml.safe_dump(config))
     service = start_service(path)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import yaml
 
-from infergraph.testing.service import AUTH, DEFAULT_CONFIG, launch_service
+from infergraph.testing.service import AUTH, launch_service, serving_only
 
 pytestmark = pytest.mark.integration
 
@@ -21,12 +21,9 @@ MINILM = "all-MiniLM-L6-v2"
 
 def test_a_public_bind_with_the_published_keys_builds_nothing():
     os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="igt-ray-"))
-    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    config = serving_only([MINILM])
     config["http_options"]["host"] = "0.0.0.0"
-    app = config["applications"][0]
-    app["args"].update(models=[MINILM])
-    app["args"]["registry"]["default_variant"] = "base"
-    app["deployments"] = [d for d in app["deployments"] if d["name"] in ("Router", MINILM)]
+    config["applications"][0]["args"]["registry"]["default_variant"] = "base"
     path = Path(tempfile.mkdtemp(prefix="ig-public-")) / "serve.yaml"
     path.write_text(yaml.safe_dump(config))
     service = launch_service(path)

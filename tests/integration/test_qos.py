@@ -17,7 +17,7 @@ import yaml
 
 from infergraph.deployments.tenants import hash_key
 from infergraph.testing import DEV_KEY
-from infergraph.testing.service import DEFAULT_CONFIG, start_service
+from infergraph.testing.service import serving_only, start_service
 
 MINILM = "all-MiniLM-L6-v2"
 PREMIUM_DEADLINE_MS = 8000  # generous: CI shares 2 cores with Ray itself
@@ -56,11 +56,8 @@ def tenants_file(path: Path) -> Path:
 def qos_service():
     os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="igt-ray-"))
     workdir = Path(tempfile.mkdtemp(prefix="ig-qos-"))
-    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    app = config["applications"][0]
-    app["args"]["models"] = [MINILM]
-    app["args"]["tenants"] = str(tenants_file(workdir / "tenants.yaml"))
-    app["deployments"] = [d for d in app["deployments"] if d["name"] in ("Router", MINILM)]
+    config = serving_only([MINILM])
+    config["applications"][0]["args"]["tenants"] = str(tenants_file(workdir / "tenants.yaml"))
     path = workdir / "serve.yaml"
     path.write_text(yaml.safe_dump(config))
     running = start_service(path)

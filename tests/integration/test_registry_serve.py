@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from infergraph.testing import DEV_KEY
-from infergraph.testing.service import DEFAULT_CONFIG, RunningService, start_service
+from infergraph.testing.service import RunningService, serving_only, start_service
 
 pytestmark = pytest.mark.integration
 
@@ -54,15 +54,13 @@ def own_ray_tmpdir():
 def registry_service(minilm_artifact, register_artifact, tmp_path_factory):
     store = tmp_path_factory.mktemp("store")
     version = register_artifact(store, minilm_artifact, MINILM)
-    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    config = serving_only([MINILM])
     app = config["applications"][0]
-    app["args"]["models"] = [MINILM]
     app["args"]["registry"] = {
         "tracking_uri": f"sqlite:///{store / 'mlflow.db'}",
         "default_variant": "models:/{name}@production",
         "cache_dir": str(tmp_path_factory.mktemp("registry-cache")),
     }
-    app["deployments"] = [d for d in app["deployments"] if d["name"] in ("Router", MINILM)]
     path = tmp_path_factory.mktemp("config") / "serve.yaml"
     path.write_text(yaml.safe_dump(config))
     with own_ray_tmpdir() as ray_tmp:

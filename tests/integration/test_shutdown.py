@@ -15,7 +15,7 @@ import psutil
 import pytest
 import yaml
 
-from infergraph.testing.service import DEFAULT_CONFIG, start_service
+from infergraph.testing.service import serving_only, start_service
 
 pytestmark = pytest.mark.integration
 
@@ -45,11 +45,8 @@ def port_is_free(port: int) -> bool:
 def test_sigterm_to_the_process_group_leaves_no_haproxy_on_the_port():
     os.environ.setdefault("RAY_TMPDIR", tempfile.mkdtemp(prefix="igt-ray-"))
     workdir = Path(tempfile.mkdtemp(prefix="ig-stop-"))
-    config = yaml.safe_load(DEFAULT_CONFIG.read_text())
-    app = config["applications"][0]
-    app["args"].update(models=[MINILM])
-    app["args"]["registry"]["default_variant"] = "base"
-    app["deployments"] = [d for d in app["deployments"] if d["name"] in ("Router", MINILM)]
+    config = serving_only([MINILM])
+    config["applications"][0]["args"]["registry"]["default_variant"] = "base"
     path = workdir / "serve.yaml"
     path.write_text(yaml.safe_dump(config))
     service = start_service(path)
