@@ -48,14 +48,12 @@ from typing import Any
 
 import numpy as np
 
+from infergraph.bench.gpu_runtime import log  # one timestamped progress line format
+
 SIZES = (16, 64, 256)
 MAX_TOKENS = 128
 PROMPT_MIN, PROMPT_MAX = 128, 512
 WEIGHTS_NOTE = "RANDOM weights (built from a config; speed only, the generated text is noise)"
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 # --- the model ----------------------------------------------------------------------------------

@@ -29,13 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from infergraph.bench.gpu_runtime import log  # one timestamped progress line format
+
 REQUEST = 32  # sentences per latency request
 PER_PASS = 256
 MAX_CALL = 256  # sentences a replica embeds in one call when requests have queued
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 # --- the replica process ----------------------------------------------------------------------------
