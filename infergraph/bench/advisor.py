@@ -156,18 +156,20 @@ class Target:
             capture_output=True,
             timeout=120,
         )
-        restarts = deployment(config, model) | {"user_config": None} != deployment(self.deployed, model) | {
-            "user_config": None
-        }
+        new, old = deployment(config, model), deployment(self.deployed, model)
+        restarts = new | {"user_config": None} != old | {"user_config": None}  # more than user_config
         self.deployed = config
-        wanted = deployment(config, model).get("user_config") or {}
-        while not (self._applied(model, wanted) and (not restarts or self._healthy(model))):
-            if restarts and "to be scheduled" in json.dumps(self.status()):
+        wanted = new.get("user_config") or {}
+        while True:
+            status = self.status() if restarts else {}  # one `serve status` (seconds) per look
+            if self._applied(model, wanted) and (not restarts or self._healthy(model, status)):
+                return time.monotonic() - started
+            if restarts and "to be scheduled" in json.dumps(status):
                 raise UnschedulableError(f"{path.name}: Ray cannot place the replicas")
             if time.monotonic() - started > timeout_s:
-                raise TimeoutError(f"{path.name} not running after {timeout_s:.0f} s: {self.status()}")
+                late = f"{path.name} not running after {timeout_s:.0f} s"
+                raise TimeoutError(f"{late}: {status or self.status()}")
             time.sleep(0.5 if not restarts else 2)
-        return time.monotonic() - started
 
     def _applied(self, model: str, user_config: dict[str, Any]) -> bool:
         """The model's card shows `user_config` (Serve called `reconfigure` on its replica)."""
@@ -190,9 +192,10 @@ class Target:
         ).stdout
         return yaml.safe_load(out) or {}
 
-    def _healthy(self, model: str) -> bool:
-        """Serve reports every deployment healthy and the model answers (replicas were replaced)."""
-        apps = self.status().get("applications") or {}
+    def _healthy(self, model: str, status: dict[str, Any]) -> bool:
+        """`status` (`serve status`) shows every deployment healthy and the model answers (replicas
+        were replaced)."""
+        apps = status.get("applications") or {}
         if not apps or any(app.get("status") != "RUNNING" for app in apps.values()):
             return False
         deps = {name: d for app in apps.values() for name, d in (app.get("deployments") or {}).items()}
