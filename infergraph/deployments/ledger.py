@@ -121,18 +121,9 @@ class LeasedTenantState(TenantState):
         tokens, self.pending_tokens = self.pending_tokens, 0
         try:
             got = await self.lease(self.config.name, want, returned, tokens)
-        except Exception as exc:  # the ledger is away: this replica's own limits
+        except Exception as exc:  # the ledger is away: this replica's own limits, by the same rules
             log.warning("tenant ledger unreachable (%s): per-replica limits for %s", exc, self.config.name)
-            now = time.time()
-            for _ in range(want):
-                try:
-                    TenantState.admit(self, now)
-                except Rejection as refused:
-                    self.refused = Grant(0, refused.code, refused.message, refused.retry_after_s)
-                    self.refused_until = now + refused.retry_after_s
-                    return
-                self.allowance += 1
-            return
+            got = grant(self, want, 0, 0, time.time())  # `admit` here is TenantState's own
         self.allowance += got.granted
         if got.granted < want:
             self.refused, self.refused_until = got, time.time() + got.retry_after_s

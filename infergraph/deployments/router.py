@@ -242,7 +242,7 @@ class Router:
         self._replica_counts: asyncio.Task | None = None
         self._leases: asyncio.Task | None = None
 
-    def _follow_replicas(self) -> None:
+    def _start_background_loops(self) -> None:
         """Start the background loops (replica counts, lease upkeep) once a loop runs."""
         loop = asyncio.get_running_loop()
         if self._replica_counts is None or self._replica_counts.done():
@@ -270,7 +270,7 @@ class Router:
     @app.post("/{path:path}", include_in_schema=False)
     async def post(self, path: str, request: Request) -> Response:
         """Every kind's POST endpoint (deployments/kinds.py), through the shared gateway."""
-        self._follow_replicas()
+        self._start_background_loops()
         route = "/" + path.strip("/")
         endpoint = ENDPOINTS.get(route)
         if endpoint is None:
