@@ -525,9 +525,12 @@ class LlamaPaged:
             keys = batch.decode_keys
             kk = cache_k[keys].transpose(1, 2)  # [d, kv_heads, ctx, head_dim]
             vv = cache_v[keys].transpose(1, 2)
-            out[:d] = F.scaled_dot_product_attention(
-                q[:d, :, None, :], kk, vv, attn_mask=batch.decode_mask, enable_gqa=True
-            )[:, :, 0, :]
+            if q.dtype == torch.float32:
+                out[:d] = F.scaled_dot_product_attention(
+                    q[:d, :, None, :], kk, vv, attn_mask=batch.decode_mask, enable_gqa=True
+                )[:, :, 0, :]
+            else:
+                out[:d] = _decode_attention(q[:d], kk, vv, batch.decode_mask)
         for p in batch.prefills:
             qq = q[p.rows].transpose(0, 1)[None]  # [1, heads, n, head_dim]
             if p.keys is None:
@@ -538,6 +541,21 @@ class LlamaPaged:
                 o = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=p.mask, enable_gqa=True)
             out[p.rows] = o[0].transpose(0, 1)
         return out
+
+
+def _decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One query token per sequence against its context, as two batched matmuls: q [d, heads, hd],
+    k/v [d, kv_heads, ctx, hd], mask [d, 1, 1, ctx] (True = attend) -> [d, heads, hd].
+
+    Why not SDPA: on the CPU its kernel in bf16 took 1.9 ms for 16 sequences x 300 keys, this 0.14 ms
+    (fp32 SDPA: 0.22 ms, so fp32 keeps SDPA); the query heads that share a K/V head are its rows.
+    Scores and softmax run in fp32."""
+    d, heads, hd = q.shape
+    kv_heads = k.shape[1]
+    grouped = q.view(d, kv_heads, heads // kv_heads, hd)  # [d, kv_heads, group, hd]
+    scores = torch.matmul(grouped, k.transpose(-1, -2)).float() * hd**-0.5  # [d, kv_heads, group, ctx]
+    weights = torch.softmax(scores.masked_fill_(~mask, float("-inf")), dim=-1).to(q.dtype)
+    return torch.matmul(weights, v).reshape(d, heads, hd)
 
 
 def _mm(x: torch.Tensor, weight: Weight) -> torch.Tensor:
