@@ -2,6 +2,7 @@
 
     uv run python -m infergraph.bench.llm_engine
     uv run python -m infergraph.bench.llm_engine --modes continuous --concurrency 1 16
+    uv run python -m infergraph.bench.llm_engine --modes continuous --system-words 300 --prefix-caching on off
 
 Every mode runs the same model code on the same frozen workload: Debian FAQ questions (installed
 offline) as chat prompts, greedy, with max_tokens cycling through 16/32/64/96, so each mode
@@ -9,6 +10,10 @@ produces the same tokens and only scheduling differs. Each stream (a closed-loop
 `--per-stream` requests back to back (at least `--min-requests` per run). Reports TTFT p50/p95,
 time per output token (TPOT, after the first) and aggregate completion tokens/s; writes
 results/llm/engine.json.
+
+`--system-words N` puts the same system message (the first N words of the Debian FAQ's answers) in
+front of every prompt, as an assistant with instructions or retrieved context does: the case prefix
+caching is for. `--prefix-caching on off` runs each mode with it on and off, on the same prompts.
 """
 
 from __future__ import annotations
@@ -38,6 +43,13 @@ from infergraph.runtimes.llm.weights import resolve_llm_dir
 MAX_TOKENS = (16, 32, 64, 96)
 MODES = ("none", "static", "dynamic", "continuous")
 console = Console()
+
+
+def system_message(words: int) -> str:
+    """The first `words` words of the Debian FAQ's answers: the same text on every run."""
+    from infergraph.optimize.data import debian_faq
+
+    return " ".join(" ".join(debian_faq("en").passages).split()[:words])
 
 
 def workload(n: int = 64) -> list[tuple[str, int]]:
@@ -101,9 +113,11 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     model = LlamaPaged(model_dir, precision=spec.precision, max_positions=spec.max_context)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows = []
-    for mode in args.modes:
+    system = [{"role": "system", "content": system_message(args.system_words)}] if args.system_words else []
+    for mode, caching in itertools.product(args.modes, args.prefix_caching):
+        spec.prefix_caching = caching == "on"
         engine = build_llm_engine(model, tokenizer, model_dir, spec, mode)
-        prompts = [(engine.chat_prompt([{"role": "user", "content": q}]), m) for q, m in workload()]
+        prompts = [(engine.chat_prompt([*system, {"role": "user", "content": q}]), m) for q, m in workload()]
         asyncio.run(closed_loop(engine, prompts[:2], 2))  # warm-up
         for streams in args.concurrency:
             n = max(args.min_requests, streams * args.per_stream)
@@ -113,15 +127,17 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             after = engine.stats()
             row = {
                 "mode": mode,
+                "prefix_caching": caching,
                 "streams": streams,
                 **result,
                 "steps": after["steps"] - before["steps"],
+                "prefix_hit_tokens": after["prefix_hit_tokens"] - before["prefix_hit_tokens"],
                 "preemptions": after["preemptions"] - before["preemptions"],
                 "prompt_tokens_mean": float(np.mean([len(p) for p, _ in work])),
             }
             rows.append(row)
             console.print(
-                f"{mode:>10} x{streams:<3} {row['tokens_per_s']:7.1f} tok/s  "
+                f"{mode:>10} cache {caching:<3} x{streams:<3} {row['tokens_per_s']:7.1f} tok/s  "
                 f"TTFT p50 {row['ttft_p50_ms']:7.0f} ms  TPOT p50 {row['tpot_p50_ms']:6.1f} ms"
             )
     return rows
@@ -131,6 +147,7 @@ def report(rows: list[dict[str, Any]]) -> None:
     table = Table(title="LLM engine, in process (SmolLM2-135M-Instruct, greedy)")
     for col in (
         "mode",
+        "prefix cache",
         "streams",
         "requests",
         "tokens/s",
@@ -143,6 +160,7 @@ def report(rows: list[dict[str, Any]]) -> None:
     for r in rows:
         table.add_row(
             r["mode"],
+            r["prefix_caching"],
             str(r["streams"]),
             str(r["requests"]),
             f"{r['tokens_per_s']:.1f}",
@@ -163,6 +181,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--kv-budget-mb", type=float, default=256)
     ap.add_argument("--precision", choices=["fp32", "bf16", "int8", "int4"], default="fp32")
+    ap.add_argument("--system-words", type=int, default=0, help="a shared system message of N words")
+    ap.add_argument("--prefix-caching", nargs="+", choices=["on", "off"], default=["on"])
     ap.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "llm" / "engine.json")
     args = ap.parse_args()
     rows = run(args)
@@ -176,6 +196,7 @@ def main() -> None:
         "max_tokens_cycle": list(MAX_TOKENS),
         "per_stream": args.per_stream,
         "min_requests": args.min_requests,
+        "system_words": args.system_words,
     }
     atomic_write_text(args.out, json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     console.print(f"wrote {args.out}")

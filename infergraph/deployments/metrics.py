@@ -156,6 +156,8 @@ class RouterMetrics:
         "kv_blocks_total",
         "preemptions",
         "tokens_generated",
+        "prefix_hit_tokens",
+        "kv_blocks_cached",
     )
 
     def observe_engine(self, model: str, stats: dict[str, Any]) -> None:

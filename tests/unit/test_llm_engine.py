@@ -302,3 +302,69 @@ def test_chunked_prefill_keeps_decodes_going_and_respects_the_budget():
         assert sizes["dec"] == 1 and sizes["long"] <= 3 and sum(sizes.values()) <= 4
         for chunk in step.chunks:
             s.complete(chunk, 7 if chunk.samples else None)
+
+
+# --------------------------------------------------------------------------- prefix caching
+
+
+def _finish_all(s: Scheduler) -> None:
+    while s.has_work():
+        step = s.schedule(time.time())
+        for chunk in step.chunks:
+            s.complete(chunk, 7 if chunk.samples else None)
+            if chunk.samples and len(chunk.seq.output_ids) >= chunk.seq.max_tokens:
+                s.finish(chunk.seq)
+
+
+def test_a_shared_prefix_is_computed_once_and_its_blocks_are_shared_not_copied():
+    s = Scheduler(num_blocks=16, block_size=4, max_batch_tokens=64, max_running=4, prefix_caching=True)
+    system = list(range(1, 10))  # 9 tokens: 2 full blocks of 4
+    s.add(Sequence("a", system + [50, 51], max_tokens=1))
+    _finish_all(s)
+    b = Sequence("b", system + [60], max_tokens=2)
+    s.add(b)
+    step = s.schedule(time.time())
+    assert b.num_computed == 8 and step.chunks[0].start == 8  # only the 2 tokens past the blocks
+    assert s.counters["prefix_hit_tokens"] == 8
+    c = Sequence("c", system + [70], max_tokens=2)
+    s.add(c)
+    s.schedule(time.time())
+    assert c.blocks[:2] == b.blocks[:2]  # one copy of the prefix, two users
+    s.finish(b)
+    assert s.blocks.num_free == 16 - len(c.blocks)  # b's shared blocks stay in use by c
+    s.finish(c)
+    assert s.blocks.num_free == 16 and s.blocks.num_cached >= 2
+
+
+def test_cached_prefixes_give_way_when_the_pool_needs_blocks():
+    s = Scheduler(num_blocks=6, block_size=4, max_batch_tokens=64, max_running=4, prefix_caching=True)
+    s.add(Sequence("a", list(range(1, 18)), max_tokens=1))  # 17 tokens + 1: 5 blocks, 4 of them full
+    _finish_all(s)
+    assert s.blocks.num_cached == 4 and s.blocks.num_free == 6
+    s.add(Sequence("b", list(range(100, 121)), max_tokens=1))  # 21 tokens: needs all 6 blocks
+    _finish_all(s)
+    assert s.counters["prefix_hit_tokens"] == 0 and s.blocks.num_free == 6
+
+
+def test_without_prefix_caching_nothing_is_shared():
+    s = Scheduler(num_blocks=16, block_size=4, max_batch_tokens=64, max_running=4)
+    s.add(Sequence("a", list(range(1, 10)), max_tokens=1))
+    _finish_all(s)
+    b = Sequence("b", list(range(1, 10)), max_tokens=1)
+    s.add(b)
+    s.schedule(time.time())
+    assert b.num_computed == 0 and s.blocks.num_cached == 0
+
+
+def test_prefix_cache_hits_give_transformers_greedy_tokens(make_llm_engine, hf_greedy):
+    engine = make_llm_engine(block_size=4)
+    system = "You are a careful assistant for Debian users. Answer in one short sentence. "
+    prompts = [engine.text_prompt(system + q) for q in ("What is apt?", "What is dpkg?", "What is apt?")]
+    params = SamplingParams(max_tokens=8, temperature=0)
+    for i, ids in enumerate(prompts):
+        tokens, _, _ = asyncio.run(collect(engine, f"r{i}", ids, params))
+        assert tokens == hf_greedy(ids, 8), i
+    stats = engine.stats()
+    shared = len(engine.text_prompt(system)) // 4 * 4
+    assert stats["prefix_hit_tokens"] >= shared * 2  # the 2nd and 3rd prompts reuse the system prompt
+    assert stats["kv_blocks_used"] == 0

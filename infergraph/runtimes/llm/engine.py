@@ -167,6 +167,8 @@ class LLMEngine:
             "step_seconds": t["step_seconds"],
             "tokens_generated": float(c["tokens_generated"]),
             "tokens_computed": float(c["tokens_computed"]),  # prompt + recomputed tokens fed to the model
+            "prefix_hit_tokens": float(c["prefix_hit_tokens"]),  # prompt tokens whose KV came from the cache
+            "kv_blocks_cached": float(s.blocks.num_cached),
             "preemptions": float(c["preemptions"]),
             "preemptions_premium": float(c["preemptions_tier0"]),
             "preemptions_standard": float(c["preemptions_tier1"]),
@@ -325,6 +327,7 @@ def build_llm_engine(
         spec.max_running,
         mode=(mode or spec.mode),  # type: ignore[arg-type]
         batch_wait_s=spec.batch_wait_ms / 1000,
+        prefix_caching=spec.prefix_caching,
     )
     eos = eos_token_ids(model_dir, tokenizer)
     return LLMEngine(model, kv, tokenizer, scheduler, max_context, eos, threads)

@@ -521,7 +521,7 @@ class LlamaPaged:
         out = torch.empty_like(q)
         d = batch.n_decode
         if d:
-            assert batch.decode_keys is not None
+            assert batch.decode_keys is not None and batch.decode_mask is not None
             keys = batch.decode_keys
             kk = cache_k[keys].transpose(1, 2)  # [d, kv_heads, ctx, head_dim]
             vv = cache_v[keys].transpose(1, 2)

@@ -13,6 +13,14 @@ preempted: its blocks are freed and it waits again, keeping its generated tokens
 prefilled again (recomputed) when it rejoins. A waiting sequence may push out running ones of a
 lower tier to join. A sequence whose deadline passes before its first token is failed uncomputed.
 
+Prefix caching (`prefix_caching=True`): a block whose tokens are all computed is registered under a
+hash of its tokens chained with the hashes of the blocks before it, so it names the whole prefix. A
+sequence that joins (or rejoins after preemption) takes over the longest run of registered blocks
+that starts its tokens, shared and counted by reference, and computes only the rest: a system
+prompt or an earlier turn of a conversation is prefilled once. A shared block is never written (a
+sequence writes only past what it has computed). Freed blocks that are registered stay cached and
+are reused least recently freed first when the pool needs blocks.
+
 The `none`, `static` and `dynamic` modes are the baselines of the batching study, on the same
 machinery: a batch forms only when nothing runs (one sequence; up to `max_running`; up to
 `max_running` once that many wait or the oldest has waited `batch_wait_s`) and nobody joins it
@@ -27,7 +35,7 @@ import bisect
 import enum
 import itertools
 import math
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -56,6 +64,7 @@ class Sequence:
     blocks: list[int] = field(default_factory=list)
     status: SeqStatus = SeqStatus.WAITING
     preemptions: int = 0
+    block_hashes: list[int] = field(default_factory=list)  # prefix hash of each full block, in order
     data: Any = None  # the engine's per-request state
 
     @property
@@ -95,24 +104,75 @@ class Step:
 
 
 class BlockAllocator:
+    """Free KV blocks, and (prefix caching) full blocks kept by the hash of the prefix they hold.
+
+    A block is free (nothing worth keeping), in use (`refs` > 0) or cached-and-unused: it holds a
+    registered prefix nobody uses now; it counts as free and is evicted, least recently released
+    first, when `allocate` runs out of free blocks."""
+
     def __init__(self, num_blocks: int) -> None:
         self.total = num_blocks
         self._free = list(range(num_blocks - 1, -1, -1))
+        self._refs = [0] * num_blocks
+        self._block_of: dict[int, int] = {}  # prefix hash -> block
+        self._hash_of: dict[int, int] = {}  # block -> prefix hash
+        self._unused: OrderedDict[int, None] = OrderedDict()  # cached blocks with no user, LRU first
 
     @property
     def num_free(self) -> int:
-        return len(self._free)
+        return len(self._free) + len(self._unused)
+
+    @property
+    def num_cached(self) -> int:
+        return len(self._hash_of)
 
     def allocate(self, n: int) -> list[int]:
-        if n > len(self._free):
-            raise MemoryError(f"{n} KV blocks wanted, {len(self._free)} free")
-        taken = self._free[len(self._free) - n :]
-        del self._free[len(self._free) - n :]
-        return taken[::-1]
+        if n > self.num_free:
+            raise MemoryError(f"{n} KV blocks wanted, {self.num_free} free")
+        taken = []
+        for _ in range(n):
+            if self._free:
+                block = self._free.pop()
+            else:  # evict the least recently released cached prefix
+                block, _ = self._unused.popitem(last=False)
+                del self._block_of[self._hash_of.pop(block)]
+            self._refs[block] = 1
+            taken.append(block)
+        return taken
 
     def release(self, blocks: list[int]) -> None:
-        self._free.extend(reversed(blocks))
+        for block in reversed(blocks):
+            self._refs[block] -= 1
+            if self._refs[block] == 0:
+                if block in self._hash_of:
+                    self._unused[block] = None
+                else:
+                    self._free.append(block)
         blocks.clear()
+
+    def freed_by(self, blocks: list[int]) -> int:
+        """How many blocks releasing `blocks` would free (a block shared with others stays in use)."""
+        return sum(self._refs[b] == 1 for b in blocks)
+
+    def register(self, block: int, prefix_hash: int) -> None:
+        """`block` now holds the full prefix `prefix_hash` (first come: a duplicate stays unnamed)."""
+        if prefix_hash not in self._block_of and block not in self._hash_of:
+            self._block_of[prefix_hash] = block
+            self._hash_of[block] = prefix_hash
+
+    def share(self, prefix_hash: int) -> int | None:
+        """The block holding `prefix_hash`, with one more reference; None when not cached."""
+        block = self._block_of.get(prefix_hash)
+        if block is not None:
+            self._unused.pop(block, None)
+            self._refs[block] += 1
+        return block
+
+
+def prefix_hash(parent: int, tokens: list[int]) -> int:
+    """The hash of a full block's tokens and of every block before it (`parent`: the previous
+    block's hash, 0 for the first)."""
+    return hash((parent, tuple(tokens)))
 
 
 class _Plan:
@@ -144,12 +204,13 @@ class Scheduler:
         max_running: int,
         mode: Mode = "continuous",
         batch_wait_s: float = 0.05,
+        prefix_caching: bool = False,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown batching mode {mode!r}; expected one of {MODES}")
         self.blocks = BlockAllocator(num_blocks)
         self.block_size, self.max_batch_tokens, self.max_running = block_size, max_batch_tokens, max_running
-        self.mode, self.batch_wait_s = mode, batch_wait_s
+        self.mode, self.batch_wait_s, self.prefix_caching = mode, batch_wait_s, prefix_caching
         # non-premium work leaves this many blocks free when it joins, so running streams can grow
         self.watermark = max(1, num_blocks // 100)
         self.waiting: list[Sequence] = []  # sorted by key
@@ -237,10 +298,13 @@ class Scheduler:
 
     def complete(self, chunk: Chunk, token: int | None) -> None:
         """Record that `chunk` was computed (and the token sampled from it, if any)."""
-        chunk.seq.num_computed = chunk.start + len(chunk.tokens)
+        seq = chunk.seq
+        seq.num_computed = chunk.start + len(chunk.tokens)
         self.counters["tokens_computed"] += len(chunk.tokens)
+        if self.prefix_caching and seq.status is SeqStatus.RUNNING:
+            self._register_full_blocks(seq)
         if token is not None:
-            chunk.seq.output_ids.append(token)
+            seq.output_ids.append(token)
             self.counters["tokens_generated"] += 1
 
     def next_wakeup(self, now: float) -> float | None:
@@ -275,7 +339,9 @@ class Scheduler:
         if self.mode == "dynamic" and len(self.waiting) < size and now - oldest < self.batch_wait_s:
             return
         for seq in list(self.waiting[:size]):
+            self._reuse_prefix(seq)
             if seq.tier_rank == PREMIUM and not self._reserve(seq):
+                self._unshare(seq)
                 break
             self._start(seq)
 
@@ -284,19 +350,59 @@ class Scheduler:
         premium = seq.tier_rank == PREMIUM
         if len(self.running) >= self.max_running and not premium:
             return False
+        self._reuse_prefix(seq)
         n = min(seq.pending, plan.left)
         if premium:
             if not self._reserve(seq, plan):
+                self._unshare(seq)
                 return False
         else:
             n = self._fit(seq, n, spare=self.watermark)
             need = self.blocks_for(seq.num_computed + n) - len(seq.blocks)
             if not self._free_up(need + self.watermark, seq, plan, lower_tier_only=True):
+                self._unshare(seq)
                 return False
             seq.blocks += self.blocks.allocate(need)
         self._start(seq)
         plan.set(seq, n)
         return True
+
+    def _reuse_prefix(self, seq: Sequence) -> None:
+        """Prefix caching: take over the cached blocks that hold the start of `seq`'s tokens
+        (leaving at least its last token to compute: the next token is sampled from it)."""
+        if not self.prefix_caching or seq.num_computed or seq.blocks:
+            return
+        tokens = seq.prompt_ids + seq.output_ids
+        parent = 0
+        for b in range((len(tokens) - 1) // self.block_size):
+            h = prefix_hash(parent, tokens[b * self.block_size : (b + 1) * self.block_size])
+            block = self.blocks.share(h)
+            if block is None:
+                break
+            seq.blocks.append(block)
+            seq.block_hashes.append(h)
+            parent = h
+        seq.num_computed = len(seq.blocks) * self.block_size
+        self.counters["prefix_hit_tokens"] += seq.num_computed
+
+    def _unshare(self, seq: Sequence) -> None:
+        """Undo `_reuse_prefix` for a sequence that could not join after all: it waits holding nothing."""
+        if seq.blocks:
+            self.counters["prefix_hit_tokens"] -= seq.num_computed
+            self.blocks.release(seq.blocks)
+            seq.block_hashes.clear()
+            seq.num_computed = 0
+
+    def _register_full_blocks(self, seq: Sequence) -> None:
+        full = min(seq.num_computed // self.block_size, len(seq.blocks))
+        if len(seq.block_hashes) >= full:
+            return
+        tokens = seq.prompt_ids + seq.output_ids
+        parent = seq.block_hashes[-1] if seq.block_hashes else 0
+        for b in range(len(seq.block_hashes), full):
+            parent = prefix_hash(parent, tokens[b * self.block_size : (b + 1) * self.block_size])
+            seq.block_hashes.append(parent)
+            self.blocks.register(seq.blocks[b], parent)
 
     def _fit(self, seq: Sequence, n: int, spare: int) -> int:
         """A prefill chunk of up to `n` tokens, shortened to what free blocks (less `spare`) hold
@@ -347,7 +453,7 @@ class Scheduler:
             key=lambda s: s.key,
             reverse=True,
         )
-        if self.blocks.num_free + sum(len(s.blocks) for s in victims) < need:
+        if self.blocks.num_free + sum(self.blocks.freed_by(s.blocks) for s in victims) < need:
             return False
         for victim in victims:
             if self.blocks.num_free >= need:
@@ -359,6 +465,7 @@ class Scheduler:
         """Free the sequence's blocks and queue it again; its tokens are recomputed when it rejoins."""
         self.running.remove(seq)
         self.blocks.release(seq.blocks)
+        seq.block_hashes.clear()
         seq.num_computed = 0
         seq.status = SeqStatus.WAITING
         seq.preemptions += 1

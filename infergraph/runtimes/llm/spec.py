@@ -26,6 +26,9 @@ class LLMSpec(BaseModel):
     max_batch_tokens: int = Field(256, ge=1, description="tokens per model step: decodes + prefill chunks")
     max_running: int = Field(32, ge=1, description="sequences in the batch at once")
     mode: BatchingMode = "continuous"
+    prefix_caching: bool = Field(
+        True, description="prefill a shared prompt prefix (system prompt, earlier turns) once, reuse its KV"
+    )
     precision: Literal["fp32", "bf16", "int8", "int4"] = Field(
         "fp32",
         description="fp32: exact (the reference); bf16: weights, activations and KV in bf16; int8/int4: "
