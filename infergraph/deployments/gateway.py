@@ -12,6 +12,7 @@ once (429): slow or never-finished uploads cannot hold every router slot.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
@@ -26,6 +27,8 @@ from infergraph.deployments.metrics import RouterMetrics
 from infergraph.deployments.tenants import Rejection, TenantRegistry, TenantState
 from infergraph.protocol.common import Job, Outcome
 from infergraph.protocol.llm import Completion, LLMEvent
+
+log = logging.getLogger(__name__)
 
 Req = TypeVar("Req", bound=BaseModel)
 Res = TypeVar("Res", bound=Outcome)
@@ -275,9 +278,8 @@ class Gateway:
                 return StreamAnswer(
                     self._sse(model, tenant, ticket, events, completion, first, timing), headers
                 )
-            async for event in events:
-                completion.add(event)
-                timing.tick(self.clock())
+            async for _ in self._follow(events, completion, timing):
+                pass
         except BaseException:
             model.queue.release(ticket)
             await events.aclose()
@@ -285,7 +287,27 @@ class Gateway:
         model.queue.release(ticket)
         await events.aclose()
         self._account_stream(model.name, tenant, completion, timing)
+        if completion.failure is not None:
+            failed = Rejection(503, "generation_failed", completion.failure, 1)
+            self.metrics.rejected(model.name, tier.value, name, failed.code)
+            raise rejection_error(failed)
         return Answer(completion.body(), headers)
+
+    async def _follow(
+        self, events: AsyncGenerator[LLMEvent, None], completion: Completion, timing: _StreamTiming
+    ) -> AsyncIterator[LLMEvent]:
+        """Add the replica's events to `completion` and yield each; stops at the first failure (a
+        choice that failed, or the replica's stream broken) with `completion.failure` set."""
+        try:
+            async for event in events:
+                completion.add(event)
+                if completion.failure is not None:
+                    return
+                timing.tick(self.clock())
+                yield event
+        except Exception as exc:  # the replica went away mid-generation
+            log.warning("LLM stream broken after the first token: %r", exc)
+            completion.failure = f"the model's replica failed mid-generation: {type(exc).__name__}"
 
     async def _sse(
         self,
@@ -302,11 +324,12 @@ class Gateway:
                 yield opening
             if (head := completion.chunk(first)) is not None:
                 yield head
-            async for event in events:
-                completion.add(event)
-                timing.tick(self.clock())
+            async for event in self._follow(events, completion, timing):
                 if (chunk := completion.chunk(event)) is not None:
                     yield chunk
+            if completion.failure is not None:
+                yield completion.error_chunk()
+                return
             for closing in completion.last_chunks():
                 yield closing
         finally:  # ended, failed, or the client went away (the replica then aborts its sequences)

@@ -166,8 +166,12 @@ class Completion:
     finish: dict[int, str] = field(default_factory=dict)
     prompt_tokens: dict[int, int] = field(default_factory=dict)
     completion_tokens: dict[int, int] = field(default_factory=dict)
+    failure: str | None = None  # why a choice failed after the response had begun
 
     def add(self, event: LLMEvent) -> None:
+        if event.error or event.deadline_exceeded:
+            self.failure = event.error or "the model stopped generating"
+            return
         self.texts.setdefault(event.index, []).append(event.text)
         if event.finish_reason:
             self.finish[event.index] = event.finish_reason
@@ -218,6 +222,11 @@ class Completion:
     # --- server-sent events ---------------------------------------------------------------------
     def sse(self, payload: dict[str, Any]) -> bytes:
         return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+    def error_chunk(self) -> bytes:
+        """The last event of a stream that failed part-way (OpenAI's SDKs raise on an `error` event)."""
+        error = {"message": self.failure, "type": "server_error", "param": None, "code": "generation_failed"}
+        return self.sse({"error": error})
 
     def first_chunks(self) -> list[bytes]:
         """Chat streams open each choice with its role, as OpenAI does."""

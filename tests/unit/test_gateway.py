@@ -394,3 +394,46 @@ def test_a_model_silent_before_its_first_token_is_a_503_at_the_deadline():
     assert (err.value.status, err.value.code) == (503, "deadline_exceeded")
     assert "Retry-After" in err.value.headers
     assert gw.models["lm"].queue.in_flight_units == 0 and silent.closed == 1
+
+
+# A choice that fails after the stream began (n > 1, or a replica lost mid-generation) is an explicit
+# error, never a response that ends as if it had finished.
+FAILS_MID_STREAM = [
+    LLMEvent(0, "Paris", None, 9, 1),
+    LLMEvent(1, "Lyon", None, 9, 1),
+    LLMEvent(1, error="generation failed: boom", deadline_exceeded=True),
+    LLMEvent(0, ".", "stop", 9, 2),
+]
+
+
+def test_a_choice_failing_mid_stream_ends_the_stream_with_an_error_event_not_done():
+    gw, stand_in = llm_gateway(FAILS_MID_STREAM)
+    chunks = collect(gw, ChatCompletionsEndpoint(), {**CHAT, "n": 2, "stream": True})
+    assert b"data: [DONE]\n\n" not in chunks
+    last = orjson.loads(chunks[-1][6:])
+    assert last["error"]["code"] == "generation_failed" and "boom" in last["error"]["message"]
+    assert gw.models["lm"].queue.in_flight_units == 0 and stand_in.closed == 1
+
+
+def test_a_choice_failing_mid_generation_fails_the_whole_unstreamed_response():
+    gw, stand_in = llm_gateway(FAILS_MID_STREAM)
+    with pytest.raises(ApiError) as caught:
+        serve(gw, ChatCompletionsEndpoint(), Body({**CHAT, "n": 2}))
+    assert caught.value.status == 503 and caught.value.code == "generation_failed"
+    assert "Retry-After" in caught.value.headers
+    assert gw.models["lm"].queue.in_flight_units == 0 and stand_in.closed == 1
+
+
+class LostReplica(StandInGenerator):
+    async def open(self, job):
+        yield LLMEvent(0, "Paris", None, 9, 1)
+        raise RuntimeError("ActorDiedError: the replica died")
+
+
+def test_a_replica_lost_mid_stream_ends_the_stream_with_an_error_event():
+    gw, _ = llm_gateway(TEXT)
+    lost = LostReplica([])
+    gw.models["lm"] = ServedModel("lm", "llm", gw.models["lm"].queue, lost.info, open_stream=lost.open)
+    chunks = collect(gw, ChatCompletionsEndpoint(), {**CHAT, "stream": True})
+    assert orjson.loads(chunks[-1][6:])["error"]["code"] == "generation_failed"
+    assert gw.models["lm"].queue.in_flight_units == 0
