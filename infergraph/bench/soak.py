@@ -58,7 +58,8 @@ def sample_rss(root_pid: int, out: Path, every_s: float, stop: threading.Event) 
                     by_role[role] += p.memory_info().rss / 2**20
                 except psutil.Error:
                     continue
-            f.write(json.dumps({"t": time.time(), "rss_mib": dict(by_role)}) + "\n")
+            cpu = psutil.cpu_percent()  # the machine's, since the last sample
+            f.write(json.dumps({"t": time.time(), "rss_mib": dict(by_role), "machine_cpu_pct": cpu}) + "\n")
             f.flush()
             stop.wait(every_s)
 
@@ -107,6 +108,17 @@ def windows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "error_examples": sorted({f"{r['status']} {r.get('code')}" for r in errors})[:5],
                 "p50_ms": round(float(np.percentile(ok, 50)), 1) if ok else None,
                 "p99_ms": round(float(np.percentile(ok, 99)), 1) if ok else None,
+                "p99_ms_by_kind": {
+                    kind: round(float(np.percentile(lat, 99)), 1)
+                    for kind in sorted({r.get("kind", "embeddings") for r in rs})
+                    if (
+                        lat := [
+                            r["latency_ms"]
+                            for r in rs
+                            if r.get("kind", "embeddings") == kind and r["status"] == 200
+                        ]
+                    )
+                },
             }
         )
     return out
@@ -146,19 +158,23 @@ def plot(samples: list[dict[str, Any]], wins: list[dict[str, Any]], warm_epoch: 
     import matplotlib.pyplot as plt
 
     t0 = samples[0]["t"] if samples else 0.0
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 7), sharex=True)
     roles = sorted({r for s in samples for r in s["rss_mib"]})
-    for role in roles:
+    for i, role in enumerate(roles):
         pts = [((s["t"] - t0) / 60, s["rss_mib"][role]) for s in samples if role in s["rss_mib"]]
-        top.plot(*zip(*pts, strict=True), label=role)
+        top.plot(*zip(*pts, strict=True), label=role, color=plt.get_cmap("tab20")(i % 20))
     top.axvline((warm_epoch - t0) / 60, color="grey", lw=0.8, ls="--")
     top.set(ylabel="RSS (MiB)", title="Soak: resident memory per role")
-    top.legend(fontsize=7, ncol=2)
-    xs = [(w["start"] - t0) / 60 for w in wins if w["p99_ms"] is not None]
-    bottom.plot(xs, [w["p99_ms"] for w in wins if w["p99_ms"] is not None], "o-", label="p99")
-    bottom.plot(xs, [w["p50_ms"] for w in wins if w["p50_ms"] is not None], "o-", label="p50")
-    bottom.set(xlabel="minutes", ylabel="latency of answered requests (ms)", title="per window, all kinds")
-    bottom.legend()
+    top.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    kinds = sorted({k for w in wins for k in w["p99_ms_by_kind"]})
+    for kind in kinds:
+        pts = [
+            ((w["start"] - t0) / 60, w["p99_ms_by_kind"][kind]) for w in wins if kind in w["p99_ms_by_kind"]
+        ]
+        bottom.plot(*zip(*pts, strict=True), "o-", label=f"{kind} p99")
+    bottom.set_yscale("log")
+    bottom.set(xlabel="minutes", ylabel="p99 of answered requests (ms)", title="per window and kind")
+    bottom.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -223,7 +239,9 @@ def main() -> int:
     warm_epoch = started + args.warmup_min * 60
     growth = rss_growth(samples, warm_epoch)
     wins = windows(records)
+    cpu = [x["machine_cpu_pct"] for x in samples if x["t"] >= warm_epoch and "machine_cpu_pct" in x]
     summary: dict[str, Any] = {
+        "machine_cpu_pct_mean": round(float(np.mean(cpu)), 1) if cpu else None,
         "settings": {k: str(v) for k, v in vars(args).items()},
         "rss": growth,
         "windows": wins,
