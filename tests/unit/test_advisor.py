@@ -87,3 +87,39 @@ def test_validation_confirms_only_what_the_alternated_rounds_show():
     assert verdict(shipped, [trial(100, True), trial(110, True), trial(120, True)], 15).startswith(
         "confirmed"
     )
+
+
+class Deploys:
+    """Stands in for the advisor's Target: records what was deployed."""
+
+    config: dict = {"applications": [{"deployments": [{"name": MODEL}]}]}
+
+    def __init__(self) -> None:
+        self.deployed: list[dict] = []
+
+    def deploy(self, config, model):
+        self.deployed.append(config)
+        return 0.0
+
+
+def test_a_lucky_trial_must_win_again_before_it_becomes_the_best(monkeypatch, tmp_path):
+    from infergraph.bench import advisor
+
+    again = {"shipped (again)": 130.0, "max_batch_sentences=32 (again)": 145.0}
+    monkeypatch.setattr(
+        advisor, "measure", lambda target, args, label, changes, out: trial(again[label], True, **changes)
+    )
+    args = argparse.Namespace(confirm=True, min_gain_pct=15.0, model=MODEL)
+    best = Trial("shipped", {}, 231.0, 10.0, 0.0, 10.0, {}, 0, False)
+    lucky = Trial(
+        "max_batch_sentences=32", {"user_config.max_batch_sentences": 32}, 133.0, 10.0, 0.0, 10.0, {}, 0, True
+    )
+    trials: list[Trial] = []
+    target = Deploys()
+    kept = advisor.confirmed(target, args, tmp_path, best, lucky, trials)
+    assert kept.changes == {} and kept.slo_p99_ms == 130.0  # not confirmed: the fresh shipped figure
+    assert len(trials) == 2 and target.deployed  # the best so far is deployed again
+
+    again["max_batch_sentences=32 (again)"] = 90.0
+    moved = advisor.confirmed(target, args, tmp_path, best, lucky, [])
+    assert moved.changes == {"user_config.max_batch_sentences": 32} and moved.slo_p99_ms == 90.0
