@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +32,7 @@ from infergraph.files import move_into_place, scratch_dir
 from infergraph.paths import absolute_tracking_uri, launch_root, sqlite_file
 from infergraph.runtimes.artifact import ArtifactError, Manifest, verify_artifact
 from infergraph.runtimes.catalog import cache_root
+from infergraph.runtimes.sources import MODEL_NAME_PATTERN
 
 log = logging.getLogger("ray.serve")
 
@@ -79,14 +81,15 @@ def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
     rest = uri[len(MODELS_SCHEME) :].strip("/")
     if "@" in rest:
         name, alias = rest.split("@", 1)
-        if name and alias and "/" not in alias:
+        if re.fullmatch(MODEL_NAME_PATTERN, name) and re.fullmatch(MODEL_NAME_PATTERN, alias):
             return name, alias, None
     elif "/" in rest:
         name, version = rest.rsplit("/", 1)
-        if name and version.isdigit():
+        if re.fullmatch(MODEL_NAME_PATTERN, name) and version.isdigit():
             return name, None, version
     raise VariantError(
-        f"{uri!r} is not a registry variant: expected models:/<name>@<alias> or models:/<name>/<version>"
+        f"{uri!r} is not a registry variant: expected models:/<name>@<alias> or models:/<name>/<version>, "
+        "the name and alias one path segment each (letters, digits, '.', '_', '-')"
     )
 
 

@@ -9,16 +9,21 @@ then loads it, so a truncated download or a swapped file never gets served.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from infergraph.files import atomic_dir
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "manifest.json"
+CHECKSUMS = "infergraph-checksums.json"  # a cache folder's record of its files (cached_folder)
 # What a text-encoder artifact carries besides its weights, so it loads without the base folder.
 TOKENIZER_FILES = (
     "config.json",
@@ -106,3 +111,48 @@ def verify_artifact(artifact_dir: Path) -> Manifest:
     if manifest.format == "onnx" and manifest.weights not in manifest.files:
         raise ArtifactError(f"{artifact_dir}: weights {manifest.weights!r} are not among the verified files")
     return manifest
+
+
+# --------------------------------------------------------------------------- cache folders
+
+
+def write_checksums(folder: Path, note: Mapping[str, Any] | None = None) -> None:
+    """Record the SHA-256 of every file under `folder` (and `note`: what it was built from)."""
+    files = {
+        p.relative_to(folder).as_posix(): sha256_file(p)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and p.name != CHECKSUMS
+    }
+    (folder / CHECKSUMS).write_text(json.dumps({"note": dict(note or {}), "files": files}, indent=2))
+
+
+def checksums_hold(folder: Path, note: Mapping[str, Any] | None = None) -> bool:
+    """True when `folder` has its checksum record, built from `note`, and every recorded file is
+    there with its SHA-256."""
+    try:
+        record = json.loads((folder / CHECKSUMS).read_text())
+    except (OSError, ValueError):
+        return False
+    files = record.get("files") or {}
+    if record.get("note") != dict(note or {}) or not files:
+        return False
+    return all((folder / r).is_file() and sha256_file(folder / r) == digest for r, digest in files.items())
+
+
+def cached_folder(out: Path, build: Callable[[Path], object], note: Mapping[str, Any] | None = None) -> Path:
+    """`out` as `build(tmp)` fills it, built once and reused while its checksums hold.
+
+    Every reuse checks the SHA-256 of every file first: a cache folder that was truncated, edited or
+    swapped since (or built from another `note`) is rebuilt, never loaded. Built in a temporary folder
+    and renamed, so an interrupted build never looks finished; when another process finished the same
+    folder first, its copy is kept.
+    """
+    if checksums_hold(out, note):
+        return out
+    stale = out.exists()
+    if stale:
+        log.warning("%s: checksums do not hold (changed, incomplete or another source): rebuilding", out)
+    with atomic_dir(out, replace=stale) as tmp:
+        build(tmp)
+        write_checksums(tmp, note)
+    return out

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from infergraph.runtimes.llm.spec import LLMSpec
-from infergraph.runtimes.sources import HubSource, PackageSource, PathSource, Source, cache_root
+from infergraph.runtimes.sources import HubSource, ModelName, PackageSource, PathSource, Source, cache_root
 from infergraph.runtimes.speech.spec import SpeechSpec
 
 
@@ -23,7 +23,7 @@ class EncoderSpec(BaseModel):
     """A text encoder. `prefix` is prepended unless the text starts with a known prefix (e5)."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str
+    name: ModelName
     kind: Literal["text-encoder"]
     source: Source
     max_length: int = 512
@@ -62,7 +62,7 @@ class RerankerSpec(BaseModel):
     """A re-ranker: scores documents against a query (`POST /v1/rerank`)."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str
+    name: ModelName
     kind: Literal["reranker"]
     scorer: Scorer
     max_length: int = Field(512, description="tokens of query + document; documents are cut to fit")

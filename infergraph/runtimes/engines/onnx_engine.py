@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from infergraph.files import atomic_dir, atomic_file
+from infergraph.files import atomic_file
+from infergraph.runtimes.artifact import cached_folder
 from infergraph.runtimes.engines.base import mean_pool_normalize
 
 log = logging.getLogger(__name__)
@@ -17,18 +18,13 @@ ONNX_FILE = "model.onnx"
 
 
 def export_onnx(model_dir: Path, out_dir: Path, opset: int = 18, task: str = "feature-extraction") -> Path:
-    """Export `model_dir` (a transformers encoder) to `out_dir/model.onnx` once; reuse it after.
+    """Export `model_dir` (a transformers encoder) to `out_dir/model.onnx` once; reuse it after,
+    while its checksums hold (`artifact.cached_folder`: a changed or half-written export is redone)."""
 
-    Written to a temporary folder and renamed, so an interrupted export never looks finished; a
-    concurrent exporter that finished first keeps its copy.
-    """
-    target = out_dir / ONNX_FILE
-    if target.exists():
-        return target
-    from optimum.exporters.onnx import main_export  # heavy import, only when exporting
+    def export(tmp: Path) -> None:
+        from optimum.exporters.onnx import main_export  # heavy import, only when exporting
 
-    log.info("exporting %s to ONNX (one time) -> %s", model_dir, out_dir)
-    with atomic_dir(out_dir) as tmp:
+        log.info("exporting %s to ONNX (one time) -> %s", model_dir, out_dir)
         main_export(
             model_name_or_path=str(model_dir),
             output=tmp,
@@ -38,7 +34,9 @@ def export_onnx(model_dir: Path, out_dir: Path, opset: int = 18, task: str = "fe
             do_validation=False,
             device="cpu",
         )
-    return target
+
+    cached_folder(out_dir, export, {"source": str(model_dir), "opset": opset, "task": task})
+    return out_dir / ONNX_FILE
 
 
 def quantize_int8(onnx_path: Path, target: Path, per_channel: bool = True) -> Path:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from infergraph.runtimes.artifact import cached_folder
 from infergraph.runtimes.engines.onnx_engine import cpu_session, export_onnx
 from infergraph.runtimes.engines.onnx_engine import quantize_int8 as quantize_onnx_int8
 
@@ -27,8 +28,11 @@ def export_classifier(model_dir: Path, out_dir: Path, opset: int = 18) -> Path:
 
 
 def quantize_int8(onnx_path: Path) -> Path:
-    """Dynamic INT8 (per channel) of `onnx_path`, next to it; made once."""
-    return quantize_onnx_int8(onnx_path, onnx_path.with_name(INT8_FILE))
+    """Dynamic INT8 (per channel) of `onnx_path` in a folder beside its own, made once and reused
+    while its checksum holds (`artifact.cached_folder`)."""
+    out = onnx_path.parent.with_name(onnx_path.parent.name + "-int8")
+    cached_folder(out, lambda tmp: quantize_onnx_int8(onnx_path, tmp / INT8_FILE), {"source": str(onnx_path)})
+    return out / INT8_FILE
 
 
 class OnnxScorer:

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from infergraph.runtimes.sources import Source
+from infergraph.runtimes.sources import ModelName, Source
 
 BatchingMode = Literal["none", "static", "dynamic", "continuous"]
 
@@ -15,7 +15,7 @@ class LLMSpec(BaseModel):
     """A Llama-family causal LM served token by token (`POST /v1/chat/completions`)."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str
+    name: ModelName
     kind: Literal["llm"]
     source: Source
     max_context: int = Field(2048, ge=16, description="prompt + completion tokens of one request")

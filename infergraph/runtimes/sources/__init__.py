@@ -9,6 +9,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# A model's name also names its cache folders and registry entries: one path segment, no way out.
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+ModelName = Annotated[str, Field(pattern=MODEL_NAME_PATTERN)]
+
 
 def cache_root() -> Path:
     """Where converted and exported artifacts live (`INFERGRAPH_CACHE`, else ~/.cache/infergraph)."""

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from infergraph.runtimes.sources import Source
+from infergraph.runtimes.sources import ModelName, Source
 
 SpeechEngineName = Literal["ctranslate2", "torch"]
 SpeechPrecision = Literal["fp32", "int8"]
@@ -19,7 +19,7 @@ class SpeechSpec(BaseModel):
     these), a transformers Whisper folder, or a hub id; each engine converts what it needs once."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str
+    name: ModelName
     kind: Literal["speech-to-text"]
     source: Source
     description: str = ""

