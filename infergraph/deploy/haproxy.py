@@ -10,7 +10,8 @@ asks the kernel to send HAProxy SIGTERM when its parent dies (`PR_SET_PDEATHSIG`
 Before that it hardens the configuration Ray wrote (`-f FILE`, rewritten in place on every start
 and reload; Ray 2.60 has no setting for any of this):
 - the stats page (`listen stats`) and the Prometheus exporter (`frontend prometheus`) listen on
-  127.0.0.1 instead of every interface, with no authentication;
+  127.0.0.1 instead of every interface, where they had no authentication (unless
+  `INFERGRAPH_HAPROXY_LOCAL_PORTS=0`: in a pod, Prometheus scrapes the exporter over the pod network);
 - the admin socket is the owner's only (mode 600 instead of 666: any local user could drive HAProxy);
 - a client must send its request headers within `timeout http-request` (10 s): Ray sets none, so a
   connection that trickles headers was held for the client timeout (3,600 s);
@@ -34,6 +35,7 @@ LOOPBACK = "127.0.0.1"
 LOCAL_ONLY_SECTIONS = ("listen stats", "frontend prometheus")
 ERROR_DIR = "infergraph-errors"
 HEADERS_TIMEOUT_S = 10
+LOCAL_PORTS_ENV = "INFERGRAPH_HAPROXY_LOCAL_PORTS"  # "0": stats and exporter keep Ray's binding
 # status -> (reason, OpenAI error type, code, message, retry-after seconds or None)
 ERRORS: dict[int, tuple[str, str, str, str, int | None]] = {
     400: ("Bad Request", "invalid_request_error", "bad_http_request",
@@ -57,14 +59,14 @@ def error_response(status: int) -> bytes:
     return ("\r\n".join([*head, "Cache-Control: no-cache", "Connection: close"]) + "\r\n\r\n").encode() + body
 
 
-def harden(config: str, error_dir: Path) -> str:
+def harden(config: str, error_dir: Path, local_ports: bool = True) -> str:
     """Ray's HAProxy configuration with the changes the module docstring lists (idempotent)."""
     out, section = [], ""
     for line in config.splitlines():
         if line and not line[0].isspace():
             section = line.strip()
         stripped = line.strip()
-        if section in LOCAL_ONLY_SECTIONS and stripped.startswith("bind "):
+        if local_ports and section in LOCAL_ONLY_SECTIONS and stripped.startswith("bind "):
             line = re.sub(r"bind\s+(\*|[\w.:\[\]]*?):(\d+)", rf"bind {LOOPBACK}:\2", line, count=1)
         elif stripped.startswith("stats socket "):
             line = re.sub(r"\bmode\s+\d+", "mode 600", line)
@@ -84,7 +86,8 @@ def harden_file(config_path: Path) -> None:
     error_dir.mkdir(exist_ok=True)
     for status in ERRORS:
         (error_dir / f"{status}.http").write_bytes(error_response(status))
-    config_path.write_text(harden(config_path.read_text(), error_dir))
+    local_ports = os.environ.get(LOCAL_PORTS_ENV, "1") != "0"
+    config_path.write_text(harden(config_path.read_text(), error_dir, local_ports))
 
 
 def config_argument(args: list[str]) -> Path | None:

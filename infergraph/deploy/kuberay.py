@@ -85,17 +85,24 @@ def serve_config_patch(config: dict[str, Any], source: str) -> str:
     return HEADER.format(source=source) + yaml.dump(patch, Dumper=_Dumper, sort_keys=False, width=100)
 
 
-# Local-only settings of serve.env: the HAProxy wrapper's path is the checkout's (${PWD}), which a
-# container does not have, and a pod's processes end with its container anyway.
-LOCAL_ONLY = ("RAY_SERVE_HAPROXY_BINARY_PATH",)
+# Settings of serve.env that differ in the image: the HAProxy wrapper is installed with the project
+# into /usr/local (the Dockerfile's UV_PROJECT_ENVIRONMENT), not the checkout's .venv (${PWD}); and
+# HAProxy's exporter must stay reachable from the pod network, where the PodMonitor scrapes it.
+IN_CONTAINER = {
+    "RAY_SERVE_HAPROXY_BINARY_PATH": "/usr/local/bin/infergraph-haproxy\n"
+    "# Prometheus scrapes HAProxy's exporter over the pod network (k8s/base/monitoring.yaml)\n"
+    "INFERGRAPH_HAPROXY_LOCAL_PORTS=0",
+}
 
 
 def container_env(serve_env: str, config: dict[str, Any]) -> str:
-    """configs/serve.env (less LOCAL_ONLY), then the `runtime_env` variables of serve.yaml's
-    infergraph applications."""
-    serve_env = "".join(
-        line for line in serve_env.splitlines(keepends=True) if not line.startswith(LOCAL_ONLY)
-    )
+    """configs/serve.env (with the IN_CONTAINER values), then the `runtime_env` variables of
+    serve.yaml's infergraph applications."""
+    lines = []
+    for line in serve_env.splitlines(keepends=True):
+        key = line.split("=", 1)[0]
+        lines.append(f"{key}={IN_CONTAINER[key]}\n" if "=" in line and key in IN_CONTAINER else line)
+    serve_env = "".join(lines)
     extra: dict[str, str] = {}
     for app in config.get("applications", []):
         if app.get("import_path") == APP_IMPORT_PATH:

@@ -74,3 +74,9 @@ def test_the_real_haproxy_accepts_the_hardened_config():
         [str(get_haproxy_binary()), "-c", "-f", str(config)], capture_output=True, text=True, timeout=30
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_in_a_pod_the_exporter_keeps_its_binding_for_prometheus(tmp_path):
+    got = sections(harden(SAMPLE.read_text(), tmp_path, local_ports=False))
+    assert "bind :22062" in got["frontend prometheus"]
+    assert any("errorfile 503" in line for line in got["defaults"])  # the rest still applies

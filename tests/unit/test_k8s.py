@@ -270,8 +270,9 @@ def test_ray_cluster_shape(overlay: str):
     for line in (PROJECT_ROOT / "configs/serve.env").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             key, value = line.split("=", 1)
-            if key in kuberay.LOCAL_ONLY:  # the checkout's paths: not in a container
-                assert key not in env
+            if key == "RAY_SERVE_HAPROXY_BINARY_PATH":  # the image's wrapper, not the checkout's
+                assert env[key] == "/usr/local/bin/infergraph-haproxy"
+                assert env["INFERGRAPH_HAPROXY_LOCAL_PORTS"] == "0"  # the PodMonitor scrapes the exporter
             else:
                 assert env[key] == value
     for name, template in ray_templates(rayservice).items():
