@@ -32,7 +32,13 @@ from ray.serve import Application
 from infergraph.deployments.context import BuildContext
 from infergraph.deployments.errors import ApiError
 from infergraph.deployments.gateway import Endpoint, ServedModel
-from infergraph.deployments.variants import BASE, ResolvedVariant, alias_version, resolve_variant
+from infergraph.deployments.variants import (
+    BASE,
+    ResolvedVariant,
+    alias_version,
+    promoted_gpu_precision,
+    resolve_variant,
+)
 from infergraph.protocol.common import Job
 from infergraph.protocol.embeddings import EmbeddingRequest, EmbedResult, EmbedWork, embeddings_payload
 from infergraph.runtimes.batching import DeadlineExceededError, PriorityBatcher
@@ -134,6 +140,13 @@ class TextEncoderDeployment:
         self.alias_refresh_s = alias_refresh_s  # 0: a moved alias is noticed at the next start or deploy
         self._alias_task: asyncio.Task | None = None
         self._alias_failed: str | None = None  # the alias's version that failed to load: not retried
+        # On a GPU the torch engine runs the base weights at the precision the GPU gate promoted.
+        self.gpu_precision: str | None = None
+        self.gpu_precision_reason = ""
+        if engine == "torch" and os.environ.get("INFERGRAPH_DEVICE", "cpu").startswith("cuda"):
+            promoted, reason = promoted_gpu_precision(self.spec.name, tracking_uri)
+            self.gpu_precision = promoted or "fp16"
+            self.gpu_precision_reason = reason if promoted else f"{reason}: fp16, the GPU default"
         # At start a variant that cannot be served fails the replica (except a default with no
         # registry entry, which serves the base model): there is nothing older to keep serving.
         self.resolved = self._resolve(self.config.variant)
@@ -172,6 +185,7 @@ class TextEncoderDeployment:
                 threads=self.threads,
                 limits=limits,
                 lanes=self.lanes,
+                gpu_precision=self.gpu_precision or "fp16",
             )
         else:
             encoder, _ = load_artifact_encoder(
@@ -266,6 +280,8 @@ class TextEncoderDeployment:
             "precision": resolved.precision,
             "variant_reason": resolved.reason,
             "variant_error": self.variant_error,
+            "gpu_precision": self.gpu_precision,
+            "gpu_precision_reason": self.gpu_precision_reason or None,
             "batching": self.config.batching(),
             "stats": dict(self.stats),
         }

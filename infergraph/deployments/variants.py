@@ -137,6 +137,18 @@ def promoted_tags(
     return dict(tags), f"models:/{name}/{version}"
 
 
+GPU_ALIAS = "production-gpu"  # `python -m infergraph.optimize --gpu-results` moves it (config: gpu_gate)
+
+
+def promoted_gpu_precision(name: str, tracking_uri: str) -> tuple[str | None, str]:
+    """The precision the GPU gate promoted for `name` (`models:/<name>@production-gpu`, a version
+    tagged target gpu), and where it came from; None when there is none."""
+    tags, reason = promoted_tags(name, tracking_uri, alias=GPU_ALIAS)
+    if tags and tags.get("target") == "gpu" and tags.get("precision"):
+        return tags["precision"], reason
+    return None, reason if not tags else f"{reason} is not a GPU version"
+
+
 def resolve_variant(
     spec_name: str,
     variant: str,

@@ -15,13 +15,14 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import mlflow
 from rich.console import Console
 
 from infergraph.optimize import report, tracking
-from infergraph.optimize.config import OptimizeConfig, load_config
-from infergraph.optimize.gate import VariantResult, eligible
+from infergraph.optimize.config import GpuGate, OptimizeConfig, load_config
+from infergraph.optimize.gate import VariantResult, choose_gpu_precision, eligible
 from infergraph.optimize.pipeline import Settings, head_to_head_with_base, run_model, winner
 from infergraph.paths import PROJECT_ROOT, absolute_tracking_uri, project_path
 
@@ -40,6 +41,34 @@ def settings_for(config: OptimizeConfig, name: str, quick: bool) -> Settings:
         q.distill_corpus_limit,
         q.distill_max_seconds,
     )
+
+
+def promote_gpu(
+    client: Any, rows: list[dict[str, Any]], run_ids: list[str], gate: GpuGate, console: Console
+) -> dict[str, str]:
+    """Per model and device in `rows`: register the precision the GPU gate chooses as a version
+    (tags: target gpu, precision, device) and move `gate.alias` to it. Returns model -> precision."""
+    promoted: dict[str, str] = {}
+    for model in dict.fromkeys(str(r["model"]) for r in rows):
+        mine = [(r, run) for r, run in zip(rows, run_ids, strict=True) if r["model"] == model]
+        for device in dict.fromkeys(str(r["device"]) for r, _ in mine):
+            candidates = [(r, run) for r, run in mine if r["device"] == device]
+            best, verdicts = choose_gpu_precision([r for r, _ in candidates], gate)
+            for label, verdict in verdicts.items():
+                console.print(f"  {model} on {device}: {label}: {verdict}")
+            if best is None:
+                console.print(f"[yellow]{model} on {device}: no precision passes the GPU gate[/yellow]")
+                continue
+            run_id = next(run for r, run in candidates if r is best)
+            tags = {"target": "gpu", "precision": str(best["precision"]), "device": device}
+            version = tracking.register_version(
+                client, model, run_id, tags, f"{model}: variants built and measured by infergraph.optimize"
+            )
+            why = f"fastest {gate.rank_by} on {device} with fidelity >= {gate.min_fidelity}"
+            tracking.promote(client, model, gate.alias, version, why)
+            promoted[model] = str(best["precision"])
+            console.print(f"models:/{model}@{gate.alias} -> v{version} ({best['precision']} on {device})")
+    return promoted
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,8 +96,11 @@ def main(argv: list[str] | None = None) -> int:
 
     client = tracking.connect(tracking_uri, artifact_root)
     if args.gpu_results:
-        logged = tracking.log_gpu_results(client, json.loads(args.gpu_results.read_text()), artifact_root)
-        console.print(f"logged {logged} GPU runs from {args.gpu_results} to {tracking_uri}")
+        rows = json.loads(args.gpu_results.read_text())
+        run_ids = tracking.log_gpu_results(client, rows, artifact_root)
+        console.print(f"logged {len(run_ids)} GPU runs from {args.gpu_results} to {tracking_uri}")
+        if not args.no_promote:
+            promote_gpu(client, rows, run_ids, config.gpu_gate, console)
         return 0
     started = time.monotonic()
     everything: list[VariantResult] = []

@@ -56,6 +56,17 @@ class Gate(BaseModel):
     rank_by: Literal["throughput_b32"] = "throughput_b32"
 
 
+class GpuGate(BaseModel):
+    """Promote the fastest precision of a model on a GPU (`--gpu-results`) whose vectors stay within
+    `min_fidelity` (mean cosine) of FP32 on the same GPU: quality metrics are functions of the
+    vectors, so at 0.999 they cannot move beyond noise. Serving reads the alias's `precision` tag."""
+
+    model_config = ConfigDict(extra="forbid")
+    alias: str = "production-gpu"
+    min_fidelity: float = Field(0.999, gt=0, le=1)
+    rank_by: str = "sentences_per_s_b128"  # a GPU serves big passes: serve-gpu.yaml's batch limits
+
+
 class Speed(BaseModel):
     model_config = ConfigDict(extra="forbid")
     batches: list[int] = [1, 8, 32]
@@ -70,6 +81,7 @@ class OptimizeConfig(BaseModel):
     results_dir: str = "results/optimize"
     catalog: str = "configs/models.yaml"
     gate: Gate = Gate()
+    gpu_gate: GpuGate = GpuGate()
     speed: Speed = Speed()
     models: list[ModelPlan]
     quick: QuickOverrides | None = None

@@ -108,14 +108,19 @@ def log_summary(files: list[Path], summary: dict[str, Any]) -> None:
     mlflow.log_text(json.dumps(summary, indent=2, default=str), "summary.json")
 
 
-def log_gpu_results(client: MlflowClient, rows: list[dict[str, Any]], artifact_root: Path) -> int:
-    """Runs for GPU speed figures (`python -m infergraph.optimize.gpu`), labelled with the device."""
+def log_gpu_results(client: MlflowClient, rows: list[dict[str, Any]], artifact_root: Path) -> list[str]:
+    """Runs for GPU speed figures (`python -m infergraph.optimize.gpu`), labelled with the device;
+    each row is also the run's `model/gpu.json` (what a registered GPU version points at). Returns
+    the run ids, in the rows' order."""
+    run_ids = []
     for row in rows:
         experiment = experiment_for(client, str(row["model"]), artifact_root)
         name = f"{row.get('variant', 'base')} {row['precision']} on {row['device']}"
-        with mlflow.start_run(experiment_id=experiment, run_name=name):
+        with mlflow.start_run(experiment_id=experiment, run_name=name) as run:
             mlflow.set_tags(
                 {"target": "gpu", "device": str(row["device"]), "precision": str(row["precision"])}
             )
             mlflow.log_metrics({k: float(v) for k, v in row.items() if isinstance(v, int | float)})
-    return len(rows)
+            mlflow.log_dict(row, "model/gpu.json")
+            run_ids.append(run.info.run_id)
+    return run_ids

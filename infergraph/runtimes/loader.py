@@ -36,18 +36,24 @@ def default_device() -> str:
     return os.environ.get("INFERGRAPH_DEVICE", "cpu")
 
 
-def gpu_engine(model_dir: Path, device: str = "cuda") -> EncoderEngine:
-    """fp16 packed forward with CUDA graphs (docs/gpu.md); models it cannot run (not BERT) fall back
-    to the padded transformers forward in fp16."""
+GPU_PRECISIONS = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+def gpu_engine(model_dir: Path, device: str = "cuda", precision: str = "fp16") -> EncoderEngine:
+    """The packed forward with CUDA graphs (docs/gpu.md) at `precision` (fp16 unless the GPU gate
+    promoted another); models it cannot run (not BERT) fall back to the padded transformers forward."""
     from infergraph.runtimes.engines.varlen_engine import VarlenEngine
 
+    if precision not in GPU_PRECISIONS:
+        raise ValueError(f"GPU precision {precision!r}: expected one of {sorted(GPU_PRECISIONS)}")
+    dtype = GPU_PRECISIONS[precision]
     try:
-        return VarlenEngine(model_dir, device=device, dtype="float16")
+        return VarlenEngine(model_dir, device=device, dtype=dtype)
     except ValueError as e:
         from infergraph.runtimes.engines.torch_engine import TorchEngine
 
         log.info("%s; padded PyTorch forward instead", e)
-        return TorchEngine(model_dir, device=device, dtype="float16")
+        return TorchEngine(model_dir, device=device, dtype=dtype)
 
 
 def build_engine(
@@ -57,9 +63,10 @@ def build_engine(
     threads: int | None = None,
     device: str = "cpu",
     cache: Path | None = None,
+    gpu_precision: str = "fp16",
 ) -> EncoderEngine:
     if engine == "torch" and device.startswith("cuda"):
-        return gpu_engine(model_dir, device)
+        return gpu_engine(model_dir, device, gpu_precision)
     if engine == "torch":
         from infergraph.runtimes.engines.torch_engine import TorchEngine
 
@@ -80,16 +87,20 @@ def load_text_encoder(
     limits: BatchLimits | None = None,
     cache: Path | None = None,
     lanes: int | None = None,
+    gpu_precision: str = "fp16",
 ) -> TextEncoder:
     """`threads`: cores to use; ONNX splits them into `lanes` concurrent passes (default: one per core).
-    `device`: default `default_device()`; the torch engine on a GPU is the packed `VarlenEngine`."""
+    `device`: default `default_device()`; the torch engine on a GPU is the packed `VarlenEngine`, at
+    `gpu_precision`."""
     device = device or default_device()
     model_dir = resolve_model_dir(spec, cache)
     tokenizer, pad_id = load_tokenizer(model_dir)
     lanes_used = 1
     if engine == "onnx":
         threads, lanes_used = split_threads(threads, lanes)
-    built = build_engine(model_dir, engine, spec.name, threads=threads, device=device, cache=cache)
+    built = build_engine(
+        model_dir, engine, spec.name, threads=threads, device=device, cache=cache, gpu_precision=gpu_precision
+    )
     log.info("loaded %s from %s on %s", spec.name, model_dir, built.name)
     return _text_encoder(spec, tokenizer, built, pad_id, limits, lanes_used)
 
