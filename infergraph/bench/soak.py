@@ -10,7 +10,8 @@ it records the resident memory (RSS) of every process of the service (Ray's, the
 each model replica, HAProxy), by role.
 
 The bar (issue "Reliability", outcome 5): after `--warmup-min` minutes, RSS of every role grows by
-at most 5% (mean of the last 3 samples against the first 3 after warm-up), p99 per window steady
+at most 5% (median of the last fifth of the samples against the first fifth; the peak is reported
+beside it), p99 per window steady
 (the last window's p99 within 1.5x the first's), and no errors: every request answered 200, or
 refused with 429/503 + Retry-After (a refusal is the service protecting itself, not a failure; they
 are counted). Writes under results/soak/<timestamp>/: rss.jsonl, requests.jsonl and Locust's
@@ -65,19 +66,22 @@ def sample_rss(root_pid: int, out: Path, every_s: float, stop: threading.Event) 
 
 
 def rss_growth(samples: list[dict[str, Any]], after_epoch: float) -> dict[str, dict[str, float]]:
-    """Per role: mean RSS of the first and last 3 samples after warm-up, and the growth."""
+    """Per role after warm-up: the median RSS of the first and of the last fifth of the samples (a
+    level: one request's transient buffers do not move it), the growth between them, and the peak."""
     steady = [s for s in samples if s["t"] >= after_epoch]
     roles = sorted({r for s in steady for r in s["rss_mib"]})
     out = {}
     for role in roles:
         series = [s["rss_mib"][role] for s in steady if role in s["rss_mib"]]
-        if len(series) < 6:
+        if len(series) < 10:
             continue
-        first, last = float(np.mean(series[:3])), float(np.mean(series[-3:]))
+        k = max(3, len(series) // 5)
+        first, last = float(np.median(series[:k])), float(np.median(series[-k:]))
         out[role] = {
             "first_mib": round(first, 1),
             "last_mib": round(last, 1),
             "growth": round(last / first - 1, 4),
+            "peak_mib": round(float(max(series)), 1),
         }
     return out
 
@@ -202,7 +206,12 @@ def main() -> int:
     ap.add_argument("--kinds", default=MIX)
     ap.add_argument("--sample-s", type=float, default=15.0)
     ap.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "soak")
+    ap.add_argument("--report", type=Path, metavar="RUN_DIR", help="only analyse an earlier run's files")
     args = ap.parse_args()
+    if args.report:
+        samples = read_jsonl(args.report / "rss.jsonl")
+        started = samples[0]["t"] if samples else 0.0
+        return analyse(args.report, args, started)
     run_dir = args.out / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
     service: RunningService | None = None
@@ -232,10 +241,17 @@ def main() -> int:
         if service is not None:
             service.stop()
             shutil.copy(service.log, run_dir / "serve.log")
-    records = [json.loads(line) for line in (run_dir / "requests.jsonl").read_text().splitlines() if line]
-    samples = []
-    if (run_dir / "rss.jsonl").exists():
-        samples = [json.loads(line) for line in (run_dir / "rss.jsonl").read_text().splitlines() if line]
+    return analyse(run_dir, args, started)
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+
+
+def analyse(run_dir: Path, args: argparse.Namespace, started: float) -> int:
+    """summary.json, soak.png and the tables from a run's request log and RSS samples."""
+    records = read_jsonl(run_dir / "requests.jsonl")
+    samples = read_jsonl(run_dir / "rss.jsonl")
     warm_epoch = started + args.warmup_min * 60
     growth = rss_growth(samples, warm_epoch)
     wins = windows(records)
@@ -260,10 +276,16 @@ def main() -> int:
         )
     console.print(table)
     rss = Table(title="RSS after warm-up (MiB)")
-    for col in ("role", "first", "last", "growth"):
+    for col in ("role", "first fifth", "last fifth", "growth", "peak"):
         rss.add_column(col, justify="right")
     for role, g in growth.items():
-        rss.add_row(role, f"{g['first_mib']:.0f}", f"{g['last_mib']:.0f}", f"{g['growth']:+.1%}")
+        rss.add_row(
+            role,
+            f"{g['first_mib']:.0f}",
+            f"{g['last_mib']:.0f}",
+            f"{g['growth']:+.1%}",
+            f"{g['peak_mib']:.0f}",
+        )
     console.print(rss)
     for line in summary["verdict"]:
         console.print(f"- {line}")
