@@ -288,9 +288,7 @@ class Gateway:
         await events.aclose()
         self._account_stream(model.name, tenant, completion, timing)
         if completion.failure is not None:
-            failed = Rejection(503, "generation_failed", completion.failure, 1)
-            self.metrics.rejected(model.name, tier.value, name, failed.code)
-            raise rejection_error(failed)
+            raise rejection_error(Rejection(503, "generation_failed", completion.failure, 1))
         return Answer(completion.body(), headers)
 
     async def _follow(
@@ -340,10 +338,15 @@ class Gateway:
     def _account_stream(
         self, model: str, tenant: TenantState, completion: Completion, timing: _StreamTiming
     ) -> None:
+        """Tokens generated count against the tenant's quota either way; the request counts once, as
+        answered or (a generation that failed part-way, streamed or not) as `generation_failed`."""
         usage = completion.usage()
         finished = self.clock()
         tenant.record_tokens(usage["total_tokens"], finished)
         name, tier = tenant.config.name, tenant.config.tier.value
+        if completion.failure is not None:
+            self.metrics.rejected(model, tier, name, "generation_failed")
+            return
         self.metrics.answered(model, tier, name, finished - timing.started, usage["total_tokens"], 0.0, 0)
         self.metrics.observe_generation(model, tier, timing.first_s, timing.gaps, usage["completion_tokens"])
 

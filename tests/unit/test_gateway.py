@@ -413,6 +413,8 @@ def test_a_choice_failing_mid_stream_ends_the_stream_with_an_error_event_not_don
     last = orjson.loads(chunks[-1][6:])
     assert last["error"]["code"] == "generation_failed" and "boom" in last["error"]["message"]
     assert gw.models["lm"].queue.in_flight_units == 0 and stand_in.closed == 1
+    usage = gw.usage()["tenants"]["gold"]
+    assert (usage["requests"], usage["answered"], usage["rejected"]) == (1, 0, 1)  # counted once, as failed
 
 
 def test_a_choice_failing_mid_generation_fails_the_whole_unstreamed_response():
@@ -422,6 +424,8 @@ def test_a_choice_failing_mid_generation_fails_the_whole_unstreamed_response():
     assert caught.value.status == 503 and caught.value.code == "generation_failed"
     assert "Retry-After" in caught.value.headers
     assert gw.models["lm"].queue.in_flight_units == 0 and stand_in.closed == 1
+    usage = gw.usage()["tenants"]["gold"]
+    assert (usage["requests"], usage["answered"], usage["rejected"]) == (1, 0, 1)  # counted once, as failed
 
 
 class LostReplica(StandInGenerator):
