@@ -112,6 +112,9 @@ class LLMDeployment:
         except ContextLengthExceededError as exc:
             yield LLMEvent(error=str(exc), error_param=param, error_code="context_length_exceeded")
             return
+        if not prompt:  # e.g. /v1/completions with prompt "": nothing to continue, the client's to fix
+            yield LLMEvent(error=f"the {param} is empty", error_param=param, error_code="invalid_value")
+            return
         base = SamplingParams(max_tokens, work.temperature, work.top_p, work.seed, work.stop)
         ids = [f"{uuid.uuid4().hex}-{i}" for i in range(work.n)]
         events: asyncio.Queue[Any] = asyncio.Queue()
@@ -134,7 +137,10 @@ class LLMDeployment:
                 )
             except Exception as exc:  # the engine failed: an explicit 503, never a silent end
                 log.exception("%s: generation failed", self.spec.name)
-                await events.put(LLMEvent(index, deadline_exceeded=True, error=f"generation failed: {exc}"))
+                error = f"generation failed: {exc}"  # the gateway answers 503 generation_failed
+                await events.put(
+                    LLMEvent(index, error=error, error_code="generation_failed", deadline_exceeded=True)
+                )
             finally:
                 await events.put(_DONE)
 

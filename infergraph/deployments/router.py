@@ -25,6 +25,7 @@ from infergraph.deployments.gateway import Gateway, ServedModel, StreamAnswer
 from infergraph.deployments.kinds import endpoints_by_path, kind_streams
 from infergraph.deployments.ledger import Grant, Lease, LeasedTenantState
 from infergraph.deployments.metrics import RouterMetrics
+from infergraph.deployments.openapi import build_openapi
 from infergraph.deployments.replicas import (
     REPLICA_LOST,
     call_with_failover,
@@ -48,21 +49,8 @@ install_error_handlers(app)
 
 
 def _openapi() -> dict[str, Any]:
-    """FastAPI's schema plus one entry per kind endpoint (they share one catch-all route)."""
     if app.openapi_schema is None:
-        from fastapi.openapi.utils import get_openapi
-
-        schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
-        schema["paths"].pop("/{path}", None)
-        for path, endpoint in ENDPOINTS.items():
-            media = "multipart/form-data" if endpoint.body == "multipart" else "application/json"
-            request_schema = endpoint.request_type.model_json_schema(by_alias=True)
-            if endpoint.body == "multipart":  # the file part is bytes on the wire, not an object
-                request_schema.pop("$defs", None)
-                request_schema["properties"]["file"] = {"type": "string", "format": "binary"}
-            body = {"content": {media: {"schema": request_schema}}}
-            schema["paths"][path] = {"post": {"summary": path, "requestBody": body}}
-        app.openapi_schema = schema
+        app.openapi_schema = build_openapi(app, ENDPOINTS)
     return app.openapi_schema
 
 

@@ -86,6 +86,12 @@ def test_bad_requests_get_openai_errors_and_the_replica_keeps_serving(client, kw
     assert client.chat.completions.create(model=LLM, messages=CAPITAL, max_tokens=2).choices
 
 
+def test_an_empty_completion_prompt_is_a_400_not_a_failed_generation(client):
+    with pytest.raises(openai.BadRequestError) as err:
+        client.completions.create(model=LLM, prompt="", max_tokens=4)
+    assert err.value.code == "invalid_value" and err.value.param == "prompt"
+
+
 def test_a_client_that_leaves_a_stream_frees_its_sequence(service, client):
     with httpx.stream(
         "POST", f"{service}/v1/chat/completions", headers={"Authorization": f"Bearer {DEV_KEY}"},

@@ -338,6 +338,11 @@ def test_a_client_leaving_mid_stream_frees_its_slot_and_closes_the_replica_strea
             "context_length_exceeded",
         ),  # fmt: skip
         (LLMEvent(error="late", deadline_exceeded=True), 503, "deadline_exceeded"),
+        (
+            LLMEvent(error="generation failed: boom", error_code="generation_failed", deadline_exceeded=True),
+            503,
+            "generation_failed",
+        ),  # fmt: skip
     ],
 )
 def test_a_refusal_before_any_text_is_an_error_status_not_a_stream(first, status, code):

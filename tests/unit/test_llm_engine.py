@@ -11,7 +11,7 @@ import pytest
 
 from infergraph.runtimes.llm.detokenizer import IncrementalText
 from infergraph.runtimes.llm.engine import ContextLengthExceededError, DeadlineExceededError, TokenEvent
-from infergraph.runtimes.llm.sampling import SamplingParams, top_p_filter
+from infergraph.runtimes.llm.sampling import SamplingParams, choose_tokens, top_p_filter
 from infergraph.runtimes.llm.scheduler import Scheduler, Sequence
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0)
@@ -265,6 +265,17 @@ def test_top_p_keeps_the_smallest_nucleus():
     probs = torch.tensor([0.05, 0.5, 0.3, 0.15])
     assert top_p_filter(probs.clone(), 0.7).tolist() == pytest.approx([0, 0.5, 0.3, 0])
     assert top_p_filter(probs.clone(), 0.1).tolist() == pytest.approx([0, 0.5, 0, 0])
+
+
+@pytest.mark.parametrize("temperature", [1e-300, 5e-324, 1e-8])
+def test_a_tiny_temperature_samples_the_best_token_instead_of_failing(temperature):
+    """OpenAI accepts any temperature in (0, 2]; logits / 1e-300 overflowed to inf and softmax gave NaN,
+    so the request failed with 503 generation_failed (found by tests/integration/test_api_fuzz.py)."""
+    import torch
+
+    logits = torch.tensor([[1.0, 3.5, -2.0, 3.0]])
+    params = [SamplingParams(max_tokens=1, temperature=temperature, top_p=1e-300, seed=0)]
+    assert choose_tokens(logits, params, [params[0].generator()]) == [1]
 
 
 def _drive(scheduler: Scheduler, steps: int) -> list[list[str]]:

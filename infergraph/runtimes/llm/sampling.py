@@ -44,7 +44,9 @@ def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:
         return probs
     sorted_probs, order = probs.sort(descending=True)
     before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the tokens ranked above each one
-    sorted_probs[before >= top_p] = 0
+    cut = before >= top_p  # a top_p below float32's range compares as 0: the best token stays anyway
+    cut[..., 0] = False
+    sorted_probs[cut] = 0
     return torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
 
 
@@ -56,7 +58,11 @@ def choose_tokens(
     for i, p in enumerate(params):
         if p.greedy:
             continue
-        probs = torch.softmax(logits[i].float().cpu() / p.temperature, dim=-1)  # generators are CPU ones
+        row = logits[i].float().cpu()  # generators are CPU ones
+        # Shifted so that the best token is 0, and the temperature kept a float32 > 0: a tiny one then
+        # gives the others -inf (probability 0) instead of inf - inf or 0 / 0 (NaN).
+        temperature = max(p.temperature, torch.finfo(torch.float32).tiny)
+        probs = torch.softmax((row - row.max()) / temperature, dim=-1)
         probs = top_p_filter(probs, p.top_p)
         out[i] = int(torch.multinomial(probs, 1, generator=generators[i]).item())
     return out
