@@ -45,6 +45,15 @@ def test_the_admin_socket_is_the_owners_only_and_headers_have_a_deadline(tmp_pat
     assert "timeout http-request 10s" in sections(got)["defaults"]
 
 
+def test_a_request_whose_router_dies_before_answering_is_sent_to_another(tmp_path):
+    """Ray retries connection failures only: a killed router replica left its in-flight requests with
+    a closed connection and no answer (docs/reliability.md, faults: router)."""
+    assert "retry-on conn-failure" in sections(SAMPLE.read_text())["defaults"]
+    got = sections(harden(SAMPLE.read_text(), tmp_path))["defaults"]
+    assert "retry-on conn-failure empty-response" in got
+    assert "option redispatch 1" in got  # the retry goes to another replica
+
+
 def test_haproxys_own_errors_are_openai_shaped_and_5xx_say_when_to_retry(tmp_path):
     got = sections(harden(SAMPLE.read_text(), tmp_path))["defaults"]
     assert sorted(line for line in got if line.startswith("errorfile")) == sorted(
