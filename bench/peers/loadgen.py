@@ -86,6 +86,15 @@ class ProcWatch:
         self.peak_rss = max(self.peak_rss, tot)
         return tot
 
+    def pss(self):
+        """Proportional set size of the whole tree: each shared page counted once, split between its
+        sharers (a sum of RSS counts a page once per process that maps it)."""
+        tot = 0
+        for p in self.procs().values():
+            with contextlib.suppress(OSError, ValueError), open(f"/proc/{p.pid}/smaps_rollup") as f:
+                tot += next(int(line.split()[1]) for line in f if line.startswith("Pss:")) * 1024
+        return tot
+
     def cpu_snapshot(self):
         snap = {}
         for pid, p in self.procs().items():
@@ -236,6 +245,7 @@ async def main_async(a):
         "dim": validated.get("dim"),
         "server_cpu_pct": round(100 * server_cpu_s / elapsed, 1) if server_cpu_s is not None else None,
         "server_peak_rss_mb": round(watch.peak_rss / 2**20, 1) if watch else None,
+        "server_pss_mb": round(watch.pss() / 2**20, 1) if watch else None,
         "client_cpu_pct": round(100 * client_cpu_s / elapsed, 1) if psutil else None,
         "machine_cpu_pct": round(machine_cpu, 1) if machine_cpu is not None else None,
         "ts": time.strftime("%Y-%m-%dT%H:%M:%S"),

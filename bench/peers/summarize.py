@@ -40,6 +40,7 @@ SERVER_COLUMNS = {
     "server CPU%": "server_cpu_pct",
     "client CPU%": "client_cpu_pct",
     "server peak RSS MB": "server_peak_rss_mb",
+    "server PSS MB": "server_pss_mb",
 }
 
 
