@@ -11,6 +11,7 @@ import onnxruntime as ort
 from infergraph.files import atomic_file
 from infergraph.runtimes.artifact import cached_folder
 from infergraph.runtimes.engines.base import mean_pool_normalize
+from infergraph.runtimes.engines.block_embeddings import Q4_EMBEDDINGS, gather_from_q4
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +21,8 @@ ONNX_FILE = "model.onnx"
 def export_onnx(model_dir: Path, out_dir: Path, opset: int = 18, task: str = "feature-extraction") -> Path:
     """Export `model_dir` (a transformers encoder) to `out_dir/model.onnx` once; reuse it after,
     while its checksums hold (`artifact.cached_folder`: a changed or half-written export is redone)."""
+
+    q4_table = model_dir / Q4_EMBEDDINGS  # the word embeddings as their source stored them (4-bit)
 
     def export(tmp: Path) -> None:
         from optimum.exporters.onnx import main_export  # heavy import, only when exporting
@@ -34,8 +37,11 @@ def export_onnx(model_dir: Path, out_dir: Path, opset: int = 18, task: str = "fe
             do_validation=False,
             device="cpu",
         )
+        if q4_table.exists():
+            gather_from_q4(tmp / ONNX_FILE, q4_table)
 
-    cached_folder(out_dir, export, {"source": str(model_dir), "opset": opset, "task": task})
+    key = {"source": str(model_dir), "opset": opset, "task": task, "q4_word_embeddings": q4_table.exists()}
+    cached_folder(out_dir, export, key)
     return out_dir / ONNX_FILE
 
 

