@@ -50,6 +50,20 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def row_writer(rows: list[dict[str, Any]], path: Path | None) -> Callable[[dict[str, Any]], None]:
+    """`emit(row)`: keep the row, log it, and append it to the JSONL file `path` (if any) at once, so a
+    run cut short by the device's time limit still leaves its rows."""
+
+    def emit(row: dict[str, Any]) -> None:
+        rows.append(row)
+        log(json.dumps(row))
+        if path is not None:
+            with open(path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    return emit
+
+
 # --- prepare (CPU, here) ----------------------------------------------------------------------------
 def prepare(out: Path) -> None:
     """fp16 copy of the weights (the fp32 file is over the 64 MiB a device call carries) and the
@@ -259,13 +273,7 @@ def single_gpu(args: argparse.Namespace, corpus: list[str], ref: np.ndarray | No
     starts = rng.integers(0, max(1, len(corpus) - 32), args.requests)
     thirty_two = [corpus[s : s + 32] for s in starts]
     rows: list[dict[str, Any]] = []
-
-    def emit(row: dict[str, Any]) -> None:
-        rows.append(row)
-        log(json.dumps(row))
-        if args.out_dir:
-            with open(args.out_dir / "runtime.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+    emit = row_writer(rows, args.out_dir / "runtime.jsonl" if args.out_dir else None)
 
     gpu = torch.cuda.get_device_name(0) if args.device == "cuda" else args.device
     log(f"{gpu}, {len(corpus)} sentences, {sum(map(len, ids))} tokens")

@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 
-from infergraph.bench.gpu_runtime import cosine, log
+from infergraph.bench.gpu_runtime import cosine, log, row_writer
 from infergraph.corpus import load_corpus
 from infergraph.paths import PROJECT_ROOT, absolute_tracking_uri, launch_root, project_path
 
@@ -477,13 +477,7 @@ def run(args: argparse.Namespace) -> None:
     if args.out_dir:
         args.out_dir.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
-
-    def emit(row: dict[str, Any]) -> None:
-        rows.append(row)
-        log(json.dumps(row))
-        if args.out_dir:
-            with open(args.out_dir / "serve.jsonl", "a") as f:
-                f.write(json.dumps(row) + "\n")
+    emit = row_writer(rows, args.out_dir / "serve.jsonl" if args.out_dir else None)
 
     corpus = load_corpus(args.limit)
     ref = np.load(args.reference)[: len(corpus)] if args.reference else None
