@@ -32,9 +32,10 @@ one warm machine (it keeps /tmp for ~30 s after a call; `run` kind nvidia-h200-x
            --env TOKENIZERS_PARALLELISM=true --out-dir $OUT
 
 `--env` adds a lever: the same deployment with those replica env vars over serve-gpu.yaml's. The
-`tokenize` rows time what `embed` does on the replica's event loop before batching: with the
-tokenizer's threads off (serve-gpu.yaml) one call of 256 took ~20 ms on the H200 box, which bounds a
-replica near 10k sentences/s whatever the GPU does. Results: results/gpu/serve*.jsonl.
+`tokenize` rows time what `embed` does before batching: with the tokenizer's threads off (as
+serve-gpu.yaml had it first) one call of 256 took ~20 ms on the H200 box, which held a replica near
+10k sentences/s whatever the GPU did; serve-gpu.yaml now turns them on (8 per replica) and large
+requests tokenize in a worker thread. Results: results/gpu/serve*.jsonl, docs/gpu.md.
 """
 
 from __future__ import annotations
@@ -447,7 +448,8 @@ print((time.perf_counter() - t0) / (3 * len(calls)))
 
 def tokenize_cost(calls: list[list[str]], model_dir: Path) -> list[dict[str, Any]]:
     """Seconds to tokenize one call (what `embed` does on the replica's event loop before batching),
-    with the tokenizer's thread pool off (serve-gpu.yaml's TOKENIZERS_PARALLELISM=false) and on;
+    with the tokenizer's thread pool off (TOKENIZERS_PARALLELISM=false, as configs/serve.yaml has it for
+    the CPU) and on (configs/serve-gpu.yaml);
     each in a fresh process, as the variable is read by the tokenizer library."""
     rows = []
     for parallel in ("false", "true"):
