@@ -16,6 +16,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
+from infergraph.deployments.kinds import endpoints_by_path
 from infergraph.deployments.router import app
 from infergraph.testing import DEV_KEY
 
@@ -28,22 +29,12 @@ OPENAI_ERROR_FIELDS = {"message", "type", "param", "code"}
 
 
 def with_served_models(doc: dict[str, Any], models: dict[str, str]) -> dict[str, Any]:
-    """The document with each POST operation's `model` limited to the served models of its kind
-    (invalid-input cases still send others), so valid cases reach the replicas, not only the 404."""
+    """The document with each POST operation's `model` limited to the served models of the kinds
+    that answer it (invalid-input cases still send others), so valid cases reach the replicas."""
     doc = copy.deepcopy(doc)
-    kind_of_path = {
-        "/v1/embeddings": "text-encoder",
-        "/v1/rerank": "reranker",
-        "/v2/rerank": "reranker",
-        "/rerank": "reranker",
-        "/v1/chat/completions": "llm",
-        "/v1/completions": "llm",
-        "/v1/audio/transcriptions": "speech-to-text",
-        "/v1/audio/translations": "speech-to-text",
-    }
-    for path, kind in kind_of_path.items():
-        for content in doc["paths"][path]["post"]["requestBody"]["content"].values():
-            names = sorted(name for name, k in models.items() if k == kind)
+    for path, endpoint in endpoints_by_path().items():
+        names = sorted(name for name, kind in models.items() if kind in endpoint.kinds)
+        for content in doc["paths"][path]["post"]["requestBody"]["content"].values() if names else ():
             content["schema"]["properties"]["model"] = {"type": "string", "enum": names}
     return doc
 
