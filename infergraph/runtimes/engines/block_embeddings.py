@@ -6,7 +6,10 @@ that carry no more than those 4-bit codes: the replica's largest single cost. Ke
 (48 MB) plus one float32 scale per block (12 MB) and looked up by ONNX Runtime's
 `GatherBlockQuantized`, the rows come out bit-identical ((code - 8) x scale is exact in float32),
 so the model's outputs do not change. The conversion writes `Q4_EMBEDDINGS` beside the weights;
-the ONNX export swaps the table when the file is there.
+the ONNX export swaps the table when the file is there. Served passes take the same time as with
+the float32 table. One cost: ONNX Runtime's offline transformer optimizer (optimize's
+graph-optimized and INT8 variants) cannot infer shapes through this contrib op and skips its
+fusions on such a graph; e5's INT8 variant fails the quality gate with or without them.
 """
 
 from __future__ import annotations
