@@ -147,13 +147,17 @@ def read_e5_file(path: Path) -> E5File:
     return E5File(header, special, pieces, scores, norm_map, tensors, data)
 
 
-def dequant_q4_0(raw: bytes, n: int) -> np.ndarray:
-    """Expand Q4_0 blocks to float32, bit-exact with the engine's `deq_row`."""
+def q4_0_codes(raw: bytes, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Q4_0 blocks as (codes 0..15 [blocks, 32] in weight order, float32 scales [blocks])."""
     blocks = np.frombuffer(raw, dtype=_Q4_BLOCK, count=n // QK)
-    lo = (blocks["qs"] & 0x0F).astype(np.int8) - 8
-    hi = (blocks["qs"] >> 4).astype(np.int8) - 8
-    q = np.concatenate([lo, hi], axis=1).astype(np.float32)
-    return (q * blocks["d"].astype(np.float32)[:, None]).reshape(-1)
+    codes = np.concatenate([blocks["qs"] & 0x0F, blocks["qs"] >> 4], axis=1)  # byte j: weights j, j+16
+    return codes, blocks["d"].astype(np.float32)
+
+
+def dequant_q4_0(raw: bytes, n: int) -> np.ndarray:
+    """Expand Q4_0 blocks to float32, bit-exact with the engine's `deq_row`: (code - 8) x scale."""
+    codes, scales = q4_0_codes(raw, n)
+    return ((codes.astype(np.float32) - 8) * scales[:, None]).reshape(-1)
 
 
 def load_tensor(f: E5File, name: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -417,10 +421,9 @@ def q4_word_embeddings(f: E5File) -> tuple[np.ndarray, np.ndarray]:
     t = f.tensors["emb.word"]
     if t.dtype != 1:
         raise ValueError(f"emb.word is dtype {t.dtype}, not Q4_0")
-    blocks = np.frombuffer(f.data[t.offset : t.offset + t.nbytes], dtype=_Q4_BLOCK, count=t.n // QK)
-    codes = np.concatenate([blocks["qs"] & 0x0F, blocks["qs"] >> 4], axis=1)  # as dequant_q4_0 orders them
+    codes, scales = q4_0_codes(f.data[t.offset : t.offset + t.nbytes], t.n)
     rows, dim = f.header["VOC"], f.header["H"]
-    return codes.reshape(rows, dim), blocks["d"].astype(np.float32).reshape(rows, dim // QK)
+    return codes.reshape(rows, dim), scales.reshape(rows, dim // QK)
 
 
 def _write_conversion(tmp: Path, src: Path, source_sha: str) -> None:
