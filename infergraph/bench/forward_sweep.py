@@ -37,6 +37,10 @@ SHAPES = [
     (16, 16, 512, 1.25, 2),
     (64, 16, 512, 1.25, 2),
     (1, 1, UNBOUNDED, 1.0, 1),
+    # what one call carries at 8 clients (docs/benchmarks.md, low concurrency)
+    (8, 16, 512, 1.15, 2),
+    (8, 16, 512, 1.15, 1),
+    (8, 16, 512, 1.5, 2),
 ]
 
 
