@@ -5,6 +5,7 @@
     uv run python -m infergraph.bench.faults --fault reconfigure # serve deploy: new batch settings (live)
     uv run python -m infergraph.bench.faults --fault redeploy    # new CPU shares: replicas replaced
     uv run python -m infergraph.bench.faults --fault sigterm     # SIGTERM to serve run while busy
+    uv run python -m infergraph.bench.faults --fault drain-stop  # infergraph-drain, then SIGTERM
 
 The service runs all-MiniLM-L6-v2 and the Router on two replicas each. Premium and batch clients
 send embeddings back to back (closed loop, single sentences for premium, 16-sentence lists for
@@ -43,6 +44,7 @@ import yaml
 from rich.console import Console
 
 from infergraph.corpus import load_corpus
+from infergraph.deploy.drain import main as drain_haproxy
 from infergraph.paths import PROJECT_ROOT
 from infergraph.testing.service import RunningService, serving_only, start_service
 
@@ -128,11 +130,16 @@ def service_processes(service: RunningService) -> list[psutil.Process]:
     return [root, *root.children(recursive=True)]
 
 
-def sigterm(service: RunningService, report: dict[str, Any]) -> Fault:
-    """SIGTERM to `serve run`; records how long it took to exit and what it left running."""
+def sigterm(service: RunningService, report: dict[str, Any], drain_first: bool = False) -> Fault:
+    """SIGTERM to `serve run` (after `infergraph-drain` when `drain_first`); records how long it took
+    to exit and what it left running."""
 
     async def fault() -> None:
         procs = service_processes(service)
+        if drain_first:
+            began = time.perf_counter()
+            report["drain_exit_code"] = await asyncio.to_thread(drain_haproxy, [])
+            report["drain_s"] = round(time.perf_counter() - began, 2)
         sent = time.perf_counter()
         service.proc.send_signal(signal.SIGTERM)
         exit_code = await asyncio.to_thread(service.proc.wait, 120)
@@ -253,7 +260,7 @@ def plot(summary: dict, path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-FAULTS = ("replica", "router", "reconfigure", "redeploy", "sigterm")
+FAULTS = ("replica", "router", "reconfigure", "redeploy", "sigterm", "drain-stop")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -276,6 +283,7 @@ def main(argv: list[str] | None = None) -> None:
         "reconfigure": lambda: redeploy(service, new_batching),
         "redeploy": lambda: redeploy(service, new_cpu_shares),
         "sigterm": lambda: sigterm(service, report),
+        "drain-stop": lambda: sigterm(service, report, drain_first=True),
     }[a.fault]()
     try:
         url = f"{service.base_url}/v1/embeddings"
@@ -285,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         service.stop()
     summary = {"fault": a.fault, **summarize(samples, fault_at, a.seconds), **report}
-    if a.fault == "sigterm":
+    if a.fault in ("sigterm", "drain-stop"):
         summary |= drain(samples, fault_at)
     console.print({k: v for k, v in summary.items() if k != "answers_per_s"})
     a.out.mkdir(parents=True, exist_ok=True)

