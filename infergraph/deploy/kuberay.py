@@ -86,32 +86,36 @@ def serve_config_patch(config: dict[str, Any], source: str) -> str:
 
 
 # Settings of serve.env that differ in the image: the HAProxy wrapper is installed with the project
-# into /usr/local (the Dockerfile's UV_PROJECT_ENVIRONMENT), not the checkout's .venv (${PWD}); and
-# HAProxy's exporter must stay reachable from the pod network, where the PodMonitor scrapes it.
-IN_CONTAINER = {
-    "RAY_SERVE_HAPROXY_BINARY_PATH": "/usr/local/bin/infergraph-haproxy\n"
-    "# Prometheus scrapes HAProxy's exporter over the pod network (k8s/base/monitoring.yaml)\n"
+# into /usr/local (the Dockerfile's UV_PROJECT_ENVIRONMENT), not the checkout's .venv (${PWD}).
+IN_CONTAINER = {"RAY_SERVE_HAPROXY_BINARY_PATH": "/usr/local/bin/infergraph-haproxy"}
+# ... and settings only the image has, added after serve.env's own lines.
+CONTAINER_ONLY = [
+    "# Prometheus scrapes HAProxy's exporter over the pod network (k8s/base/monitoring.yaml)",
     "INFERGRAPH_HAPROXY_LOCAL_PORTS=0",
-}
+]
 
 
 def container_env(serve_env: str, config: dict[str, Any]) -> str:
-    """configs/serve.env (with the IN_CONTAINER values), then the `runtime_env` variables of
-    serve.yaml's infergraph applications."""
+    """configs/serve.env (with the IN_CONTAINER values, then CONTAINER_ONLY), then the
+    `runtime_env` variables of serve.yaml's infergraph applications."""
     lines = []
-    for line in serve_env.splitlines(keepends=True):
+    for line in serve_env.splitlines():
         key = line.split("=", 1)[0]
-        lines.append(f"{key}={IN_CONTAINER[key]}\n" if "=" in line and key in IN_CONTAINER else line)
-    serve_env = "".join(lines)
+        lines.append(f"{key}={IN_CONTAINER[key]}" if "=" in line and key in IN_CONTAINER else line)
     extra: dict[str, str] = {}
     for app in config.get("applications", []):
         if app.get("import_path") == APP_IMPORT_PATH:
             extra.update((app.get("runtime_env") or {}).get("env_vars") or {})
-    lines = [f"{key}={value}" for key, value in extra.items()]
     return (
-        serve_env.rstrip("\n")
-        + "\n\n# runtime_env.env_vars of configs/serve.yaml\n"
-        + "\n".join(lines)
+        "\n".join(
+            [
+                *lines,
+                *CONTAINER_ONLY,
+                "",
+                "# runtime_env.env_vars of configs/serve.yaml",
+                *(f"{key}={value}" for key, value in extra.items()),
+            ]
+        )
         + "\n"
     )
 
