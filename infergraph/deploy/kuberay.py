@@ -110,6 +110,7 @@ def container_env(serve_env: str, config: dict[str, Any]) -> str:
         "\n".join(
             [
                 *lines,
+                "",
                 *CONTAINER_ONLY,
                 "",
                 "# runtime_env.env_vars of configs/serve.yaml",
