@@ -264,8 +264,8 @@ class Gateway:
                 tenant.refund(self.clock())
                 self.metrics.rejected(model.name, tier.value, name, lost.code)
                 raise rejection_error(lost) from None
-            if first.deadline_exceeded:  # or the engine failed before the first token: 503 either way
-                code = "generation_failed" if first.error_code == "generation_failed" else "deadline_exceeded"
+            if first.deadline_exceeded or first.failed:  # before the first token: 503 either way
+                code = "generation_failed" if first.failed else "deadline_exceeded"
                 late = Rejection(503, code, first.error or "deadline passed", 1)
                 self.metrics.rejected(model.name, tier.value, name, late.code)
                 raise rejection_error(late)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from infergraph.aliases import PRODUCTION, PRODUCTION_GPU
 from infergraph.files import move_into_place, scratch_dir
 from infergraph.paths import absolute_tracking_uri, launch_root, sqlite_file
 from infergraph.runtimes.artifact import ArtifactError, Manifest, verify_artifact
@@ -116,9 +117,7 @@ def alias_version(uri: str, tracking_uri: str) -> str | None:
         raise
 
 
-def promoted_tags(
-    name: str, tracking_uri: str, alias: str = "production"
-) -> tuple[dict[str, str] | None, str]:
+def promoted_tags(name: str, tracking_uri: str, alias: str = PRODUCTION) -> tuple[dict[str, str] | None, str]:
     """The tags of the version `models:/<name>@<alias>` points at (kinds whose variants are settings,
     not files: the LLM's precision, the speech engine), and where they came from; None and the
     reason when there is no such entry or the store cannot be read (the model then serves its
@@ -137,7 +136,7 @@ def promoted_tags(
     return dict(tags), f"models:/{name}/{version}"
 
 
-GPU_ALIAS = "production-gpu"  # `python -m infergraph.optimize --gpu-results` moves it (config: gpu_gate)
+GPU_ALIAS = PRODUCTION_GPU  # `python -m infergraph.optimize --gpu-results` moves it (config: gpu_gate)
 
 
 def promoted_gpu_precision(name: str, tracking_uri: str) -> tuple[str | None, str]:

@@ -8,6 +8,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from infergraph.aliases import PRODUCTION, PRODUCTION_GPU
+
 VariantName = Literal[
     "onnx-fp32",  # optimum export, graph optimised by ONNX Runtime at load
     "onnx-fp16",  # a GPU target: measured on CPU too, marked so
@@ -49,7 +51,7 @@ class Gate(BaseModel):
     """Promote the fastest variant whose quality stays within `min_quality_pct` of FP32."""
 
     model_config = ConfigDict(extra="forbid")
-    alias: str = "production"
+    alias: str = PRODUCTION
     min_quality_pct: float = 99.0
     min_fidelity: float = 0.0  # optional floor on mean cosine to FP32
     target: Literal["cpu", "gpu"] = "cpu"  # only variants built for this target compete
@@ -62,7 +64,7 @@ class GpuGate(BaseModel):
     vectors, so at 0.999 they cannot move beyond noise. Serving reads the alias's `precision` tag."""
 
     model_config = ConfigDict(extra="forbid")
-    alias: str = "production-gpu"
+    alias: str = PRODUCTION_GPU
     min_fidelity: float = Field(0.999, gt=0, le=1)
     rank_by: str = "sentences_per_s_b128"  # a GPU serves big passes: serve-gpu.yaml's batch limits
 

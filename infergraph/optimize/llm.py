@@ -71,6 +71,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from infergraph.aliases import PRODUCTION
 from infergraph.files import atomic_write_text
 from infergraph.optimize import tracking
 from infergraph.optimize.config import load_config
@@ -88,7 +89,7 @@ log = logging.getLogger(__name__)
 
 MODEL = "smollm2-135m-instruct"  # the catalog entry, and the registered model's name
 PRECISIONS = ("fp32", "int8", "int4", "bf16")  # fp32 first: the reference
-ALIAS = "production"
+ALIAS = PRODUCTION
 ARTIFACT_FILE = "llm_manifest.json"
 
 # The gate: the fastest variant by aggregate tokens/s at 16 streams whose quality holds up against fp32.

@@ -52,6 +52,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from infergraph.aliases import PRODUCTION
 from infergraph.files import atomic_write_text
 from infergraph.optimize import speech_data, tracking
 from infergraph.optimize.config import load_config
@@ -64,7 +65,7 @@ log = logging.getLogger(__name__)
 MODEL = "whisper-tiny.en"
 VARIANTS = (("ctranslate2", "fp32"), ("ctranslate2", "int8"), ("torch", "fp32"), ("torch", "int8"))
 REFERENCE = VARIANTS[0]  # the gate compares every variant's WER with this one's
-ALIAS = "production"
+ALIAS = PRODUCTION
 ARTIFACT_FILE = "speech_manifest.json"
 MAX_WER_INCREASE = 0.01  # +1 WER point, on clean audio and at every SNR the reference can transcribe
 GATED_REFERENCE_WER = 0.5  # conditions where the reference's own WER is above this are not gated

@@ -151,7 +151,8 @@ class LLMEvent:
     error: str | None = None
     error_param: str | None = None
     error_code: str = "invalid_request"
-    deadline_exceeded: bool = False
+    deadline_exceeded: bool = False  # no token by the deadline: 503 deadline_exceeded
+    failed: bool = False  # the engine failed: 503 generation_failed (never a silent end)
 
 
 @dataclass
@@ -169,7 +170,7 @@ class Completion:
     failure: str | None = None  # why a choice failed after the response had begun
 
     def add(self, event: LLMEvent) -> None:
-        if event.error or event.deadline_exceeded:
+        if event.error or event.deadline_exceeded or event.failed:
             self.failure = event.error or "the model stopped generating"
             return
         self.texts.setdefault(event.index, []).append(event.text)

@@ -339,7 +339,7 @@ def test_a_client_leaving_mid_stream_frees_its_slot_and_closes_the_replica_strea
         ),  # fmt: skip
         (LLMEvent(error="late", deadline_exceeded=True), 503, "deadline_exceeded"),
         (
-            LLMEvent(error="generation failed: boom", error_code="generation_failed", deadline_exceeded=True),
+            LLMEvent(error="generation failed: boom", error_code="generation_failed", failed=True),
             503,
             "generation_failed",
         ),  # fmt: skip
@@ -406,7 +406,7 @@ def test_a_model_silent_before_its_first_token_is_a_503_at_the_deadline():
 FAILS_MID_STREAM = [
     LLMEvent(0, "Paris", None, 9, 1),
     LLMEvent(1, "Lyon", None, 9, 1),
-    LLMEvent(1, error="generation failed: boom", deadline_exceeded=True),
+    LLMEvent(1, error="generation failed: boom", failed=True),
     LLMEvent(0, ".", "stop", 9, 2),
 ]
 
