@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +46,13 @@ def export_onnx(model_dir: Path, out_dir: Path, opset: int = 18, task: str = "fe
     return out_dir / ONNX_FILE
 
 
-def quantize_int8(onnx_path: Path, target: Path, per_channel: bool = True) -> Path:
+def quantize_int8(onnx_path: Path, target: Path, per_channel: bool = True, **nodes: Sequence[str]) -> Path:
     """ONNX Runtime dynamic INT8 of `onnx_path` into `target`, once (atomically); reused after.
 
     Called directly rather than through optimum's ORTQuantizer because fused graphs' contrib ops
     need `DefaultTensorType`, which optimum does not pass. Signed int8 weights (per output channel
     by default), unsigned int8 activations: the layout of ONNX Runtime's AVX2/AVX-512 kernels.
+    `nodes`: `nodes_to_exclude` (kept FP32) or `nodes_to_quantize` (only these), by node name.
     """
     if target.exists():
         return target
@@ -65,6 +67,7 @@ def quantize_int8(onnx_path: Path, target: Path, per_channel: bool = True) -> Pa
             per_channel=per_channel,
             weight_type=QuantType.QInt8,
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+            **{option: list(names) for option, names in nodes.items()},
         )
     return target
 
