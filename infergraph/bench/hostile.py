@@ -68,6 +68,32 @@ async def victim(url: str, rps: float, stop: asyncio.Event, out: list[tuple[floa
         await asyncio.gather(*tasks)
 
 
+async def answer(reader: asyncio.StreamReader) -> str:
+    """`<status> <error code>` of an HTTP answer (whose code says who refused: HAProxy's
+    `too_many_in_flight` or the router's `too_many_uploads`), or "closed by the server"."""
+    try:
+        head = (await reader.readuntil(b"\r\n\r\n")).decode(errors="replace").split("\r\n")
+    except asyncio.IncompleteReadError:
+        return "closed by the server"
+    status = (head[0].split(" ") + ["?", "?"])[1]
+    lengths = [int(h.split(":", 1)[1]) for h in head if h.lower().startswith("content-length:")]
+    try:
+        body = await reader.readexactly(lengths[0]) if lengths else b""
+    except asyncio.IncompleteReadError:
+        body = b"?"
+    return f"{status} {error_code(body)}".strip()
+
+
+def error_code(body: bytes) -> str:
+    """The OpenAI-shaped error's code (it says who refused), "(not OpenAI-shaped)", or "" for none."""
+    if not body:
+        return ""
+    try:
+        return str(json.loads(body)["error"]["code"])
+    except (ValueError, KeyError, TypeError):
+        return "(not OpenAI-shaped)"
+
+
 async def slow_bodies(host: str, port: int, n: int, stop: asyncio.Event, seen: Counter[str]) -> None:
     """Headers, then a body that never comes; what the server does with each connection."""
 
@@ -82,9 +108,8 @@ async def slow_bodies(host: str, port: int, n: int, stop: asyncio.Event, seen: C
             "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n".encode()
         )
         await writer.drain()
-        try:  # the server's answer (its status line), or a close; cancelled when the phase ends
-            line = await reader.readline()
-            seen[line.decode(errors="replace").strip()[:40] or "closed by the server"] += 1
+        try:  # the server's answer (status and error code), or a close; cancelled when the phase ends
+            seen[await answer(reader)] += 1
         except OSError:
             seen["closed by the server"] += 1
         finally:
@@ -134,9 +159,7 @@ async def flood(url: str, kind: str, stop: asyncio.Event, seen: Counter[str], cl
                             f"{url}/v1/embeddings", json={"model": MODEL, "input": "x"}, headers=headers
                         )
                     async with post as r:
-                        body = await r.read()
-                        shaped = body.startswith(b'{"error"')
-                        seen[f"{r.status}{' OpenAI-shaped' if shaped else ''}"] += 1
+                        seen[f"{r.status} {error_code(await r.read())}".strip()] += 1
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     seen[f"no answer: {type(exc).__name__}"] += 1
                     await asyncio.sleep(0.05)
