@@ -65,6 +65,9 @@ class BatchingConfig(BaseModel):
     max_forward_padding_ratio: float = Field(
         1.15, ge=1.0, description="padded / real tokens per forward pass; more padding: another pass"
     )
+    concurrent_batches: int = Field(
+        1, ge=1, description="batches computing at once (their passes share the lanes)"
+    )
 
     def limits(self) -> BatchLimits:
         return BatchLimits(
@@ -156,7 +159,10 @@ class TextEncoderDeployment:
         self.resolved = self._resolve(self.config.variant)
         self.encoder = self._load(self.resolved)
         self.batcher = PriorityBatcher(
-            self._encode_batch, self.config.max_batch_sentences, self.config.batch_wait_timeout_s
+            self._encode_batch,
+            self.config.max_batch_sentences,
+            self.config.batch_wait_timeout_s,
+            max_running=self.config.concurrent_batches,
         )
         self._log_serving(self.resolved)
 
@@ -263,6 +269,7 @@ class TextEncoderDeployment:
         self.config = config
         self.batcher.max_weight = config.max_batch_sentences
         self.batcher.wait_s = config.batch_wait_timeout_s
+        self.batcher.max_running = config.concurrent_batches
         self.encoder.limits = config.limits()
         if config.variant != previous_variant:  # batching-only changes reload nothing
             async with self._switching:

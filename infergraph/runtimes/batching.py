@@ -4,7 +4,9 @@ Ray Serve's `@serve.batch` is a FIFO queue: a premium request that arrives behin
 batch-tier work waits its turn. This batcher keeps waiting work in a heap ordered by (tier rank,
 deadline, arrival), so the next batch takes the most urgent work first, and work whose deadline
 has already passed is failed before it costs compute. Batches are filled by weight (sentences),
-like `serve.batch(batch_size_fn=...)`, and run one at a time: the model uses every core anyway.
+like `serve.batch(batch_size_fn=...)`, and at most `max_running` run at once (default one: a big
+batch's passes use every core anyway; a second lets work that arrives during a small batch start on
+the core that batch leaves idle instead of waiting for it to end).
 
 Express batches: a batch that starts with work of rank <= `express_rank` (premium) takes only such
 work, so urgent requests are not padded out with bulk work and come back after one small batch.
@@ -56,12 +58,15 @@ class PriorityBatcher(Generic[P, R]):
         wait_s: float,
         express_rank: int = 0,
         clock: Callable[[], float] = time.time,
+        max_running: int = 1,
     ) -> None:
         self.run, self.max_weight, self.wait_s, self.clock = run, max_weight, wait_s, clock
-        self.express_rank = express_rank
+        self.express_rank, self.max_running = express_rank, max_running
         self._heap: list[_Waiting] = []
         self._seq = itertools.count()
         self._arrived = asyncio.Event()
+        self._batch_ended = asyncio.Event()
+        self._running: set[asyncio.Task] = set()
         self._loop_task: asyncio.Task | None = None
         self._idle = True  # the last batch held one request and nothing was waiting when it ended
 
@@ -82,10 +87,19 @@ class PriorityBatcher(Generic[P, R]):
             while not self._heap:
                 self._arrived.clear()
                 await self._arrived.wait()
+            while len(self._running) >= self.max_running:  # what arrives meanwhile joins the batch
+                self._batch_ended.clear()
+                await self._batch_ended.wait()
             await self._let_batch_fill()
             batch = self._take_batch()
             if batch:
-                await self._run_batch(batch)
+                task = asyncio.create_task(self._run_batch(batch))
+                self._running.add(task)
+                task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task) -> None:
+        self._running.discard(task)
+        self._batch_ended.set()
 
     async def _let_batch_fill(self) -> None:
         """Wait until the oldest waiting item is `wait_s` old or a full batch is waiting (a lone

@@ -133,3 +133,30 @@ def test_after_a_shared_batch_a_request_still_waits_for_company():
 
     asyncio.run(scenario())
     assert batches[-1] == ["a", "b"], batches
+
+
+@pytest.mark.parametrize("max_running", [1, 2])
+def test_work_arriving_during_a_batch_starts_at_once_when_a_second_batch_may_run(max_running):
+    """Two batches at once: the second starts while the first computes (on the lane the first
+    leaves idle) instead of waiting for it to end; with one, it waits."""
+    started: dict[str, float] = {}
+
+    async def run(items):
+        for item in items:
+            started[item] = time.perf_counter()
+        await asyncio.sleep(0.1)
+        return items
+
+    async def scenario():
+        b = PriorityBatcher(run, max_weight=4, wait_s=0.0, max_running=max_running)
+        first = asyncio.create_task(b.submit("a", 1, rank=1))
+        await asyncio.sleep(0.02)
+        second = asyncio.create_task(b.submit("b", 1, rank=1))
+        assert await asyncio.gather(first, second) == ["a", "b"]
+
+    asyncio.run(scenario())
+    waited = started["b"] - started["a"]
+    if max_running == 2:
+        assert waited < 0.05, waited
+    else:
+        assert waited >= 0.09, waited
