@@ -95,6 +95,8 @@ class EncodedJob:
     vectors: Any
     batch_sentences: int
     compute_s: float  # this job's share of its batch's compute time
+    started: float  # time.perf_counter() when its batch began
+    batch_s: float  # the batch's compute time
 
 
 @dataclass
@@ -319,6 +321,7 @@ class TextEncoderDeployment:
         except InputTooLongError as exc:
             return EmbedResult(error=str(exc), error_param="input", error_code="context_length_exceeded")
         self.stats["truncated"] += truncated
+        submitted = time.perf_counter()
         try:
             done: EncodedJob = await self.batcher.submit(
                 _Tokenized(encoder, ids), len(ids), job.tier.rank, job.deadline
@@ -331,6 +334,8 @@ class TextEncoderDeployment:
             usage_tokens=sum(len(row) for row in ids),
             batch_size=done.batch_sentences,
             compute_s=done.compute_s,
+            replica_wait_s=done.started - submitted,
+            batch_s=done.batch_s,
             truncated=truncated,
         )
 
@@ -347,9 +352,10 @@ class TextEncoderDeployment:
             parts = _split(vectors, jobs)
         else:
             parts = [await asyncio.to_thread(job.encoder.encode_ids, job.ids) for job in jobs]
-        per_sentence = (time.perf_counter() - started) / len(flat)
+        batch_s = time.perf_counter() - started
+        per_sentence = batch_s / len(flat)
         return [
-            EncodedJob(part, len(flat), per_sentence * len(job.ids))
+            EncodedJob(part, len(flat), per_sentence * len(job.ids), started, batch_s)
             for part, job in zip(parts, jobs, strict=True)
         ]
 

@@ -207,6 +207,8 @@ class Gateway:
             raise ApiError(result.error_status, result.error, result.error_param, result.error_code)
         finished = self.clock()
         model.queue.observe_compute(ticket.units, result.compute_s)
+        if result.batch_s:
+            self.metrics.replica_timing(model.name, tier.value, result.replica_wait_s, result.batch_s)
         tenant.record_tokens(result.usage_tokens, finished)
         self.metrics.answered(
             model.name,
@@ -224,6 +226,9 @@ class Gateway:
             "x-infergraph-router-ms": f"{(finished - started) * 1000:.2f}",
             "x-infergraph-body-ms": f"{(body_read - started) * 1000:.2f}",
         }
+        if result.batch_s:  # inside the replica: waiting in its batcher, then its batch's compute
+            headers["x-infergraph-replica-wait-ms"] = f"{result.replica_wait_s * 1000:.2f}"
+            headers["x-infergraph-batch-ms"] = f"{result.batch_s * 1000:.2f}"
         return Answer(endpoint.payload(req, result, path), headers, endpoint.media_type(req))
 
     # --- streamed kinds (LLM) ---------------------------------------------------------------------

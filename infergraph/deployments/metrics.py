@@ -53,6 +53,20 @@ class RouterMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.replica_wait = Histogram(
+            "infergraph_replica_wait_seconds",
+            "Time a request waited in the model replica's batcher before its batch began",
+            ["model", "tier"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.replica_batch = Histogram(
+            "infergraph_replica_batch_seconds",
+            "Compute time of the replica batch each request was part of",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.batch_size = Histogram(
             "infergraph_batch_units",
             "Size (sentences, document pairs) of the replica batch each request was computed in",
@@ -103,6 +117,11 @@ class RouterMetrics:
         self.requests.labels(model, tier, tenant, "rejected").inc()
         self.usage[tenant].requests += 1
         self.usage[tenant].rejected += 1
+
+    def replica_timing(self, model: str, tier: str, wait_s: float, batch_s: float) -> None:
+        """Where a call's time went inside the replica (kinds whose replicas report it)."""
+        self.replica_wait.labels(model, tier).observe(wait_s)
+        self.replica_batch.labels(model).observe(batch_s)
 
     def answered(
         self, model: str, tier: str, tenant: str, latency_s: float, tokens: int, compute_s: float, batch: int

@@ -6,6 +6,7 @@ import asyncio
 import numpy as np
 import orjson
 import pytest
+from prometheus_client import generate_latest
 
 from infergraph.deployments.admission import ModelQueue, Ticket
 from infergraph.deployments.encoder import EmbeddingsEndpoint
@@ -53,7 +54,13 @@ class StandInDeployment:
         self.jobs += [(t.work, t.tier) for t in group]
         if self.kind == "text-encoder":
             return [
-                EmbedResult(embeddings=np.ones((t.units, 4), np.float32), usage_tokens=7, compute_s=0.5)
+                EmbedResult(
+                    embeddings=np.ones((t.units, 4), np.float32),
+                    usage_tokens=7,
+                    compute_s=0.5,
+                    replica_wait_s=0.003,
+                    batch_s=0.012,
+                )
                 for t in group
             ]
         scores = [np.linspace(0.1, 0.9, t.units, dtype=np.float32) for t in group]  # last doc best
@@ -190,6 +197,20 @@ def test_bad_rerank_requests_get_openai_shaped_4xx(body, status, code, param):
     assert (error.status, error.code) == (status, code)
     assert error.param == param or (param.startswith("documents") and error.param.startswith("documents"))
     assert stand_ins["rr"].jobs == []  # nothing reached the model
+
+
+def test_an_answer_says_where_its_time_went_inside_the_replica():
+    """The replica's batcher wait and its batch's compute, per request (headers) and per model
+    (histograms): what is left of the call is transit."""
+    gw, _ = gateway()
+    answer = serve(gw, EmbeddingsEndpoint(), Body(EMBED))
+    assert answer.headers["x-infergraph-replica-wait-ms"] == "3.00"
+    assert answer.headers["x-infergraph-batch-ms"] == "12.00"
+    exposition = generate_latest(gw.metrics.registry).decode()
+    assert 'infergraph_replica_wait_seconds_sum{model="enc",tier="premium"} 0.003' in exposition
+    assert 'infergraph_replica_batch_seconds_count{model="enc"} 1.0' in exposition
+    rerank = serve(gw, RerankEndpoint(), Body(RERANK))  # a kind that does not report them
+    assert "x-infergraph-batch-ms" not in rerank.headers
 
 
 def test_a_tenant_limited_to_some_models_gets_403_elsewhere():
