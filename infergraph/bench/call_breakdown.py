@@ -10,9 +10,11 @@ histograms before and after the measured window (`/metrics`, admin key). Mean pe
 
 - client and HAProxy: the client's latency minus the router's (`infergraph_request_latency_seconds`);
 - router queue: waiting in the router's admission queue (`infergraph_queue_wait_seconds`);
-- replica batcher: waiting in the replica's batcher for a batch to start (`infergraph_replica_wait_seconds`);
-- batch compute: the batch it rode in (`infergraph_replica_batch_seconds`);
-- transit: the rest of the call (handle, gRPC, serialisation, both event loops).
+- the model call, by `infergraph_call_stage_seconds`: to the replica (outbound: the handle, gRPC,
+  the replica's event loop), in its batcher (replica_wait), its batch's compute (batch), the rest of
+  its handler (replica_other), back to the router (inbound: the answer's way back and the router's
+  event loop);
+- router other: the rest of the router's handler (parsing, admission, the JSON answer).
 
 Writes results/benchmarks/call_breakdown-<clients>.json.
 """
@@ -42,43 +44,41 @@ ADMIN = {"Authorization": "Bearer sk-ig-admin"}  # configs/tenants.yaml's develo
 HISTOGRAMS = {
     "router": "infergraph_request_latency_seconds",
     "queue": "infergraph_queue_wait_seconds",
-    "replica_wait": "infergraph_replica_wait_seconds",
-    "batch": "infergraph_replica_batch_seconds",
 }
+STAGES = ("outbound", "replica_wait", "batch", "replica_other", "inbound")
+STAGE_HISTOGRAM = "infergraph_call_stage_seconds"
 
 
 def totals(base_url: str, model: str) -> dict[str, tuple[float, float]]:
-    """(sum, count) of each histogram for `model`, over every tier and tenant."""
+    """(sum, count) of each histogram and call stage for `model`, over every tier and tenant."""
     text = httpx.get(f"{base_url}/metrics", headers=ADMIN, timeout=30).text
-    out = {key: (0.0, 0.0) for key in HISTOGRAMS}
+    out = {key: (0.0, 0.0) for key in [*HISTOGRAMS, *STAGES]}
+    names = {name: key for key, name in HISTOGRAMS.items()} | {STAGE_HISTOGRAM: None}
     for family in text_string_to_metric_families(text):
-        for key, name in HISTOGRAMS.items():
-            if family.name != name:
+        if family.name not in names:
+            continue
+        for sample in family.samples:
+            if sample.labels.get("model") != model:
                 continue
-            for sample in family.samples:
-                if sample.labels.get("model") != model:
-                    continue
-                total, count = out[key]
-                if sample.name == f"{name}_sum":
-                    out[key] = (total + sample.value, count)
-                elif sample.name == f"{name}_count":
-                    out[key] = (total, count + sample.value)
+            key = names[family.name] or sample.labels.get("stage", "")
+            total, count = out[key]
+            if sample.name == f"{family.name}_sum":
+                out[key] = (total + sample.value, count)
+            elif sample.name == f"{family.name}_count":
+                out[key] = (total, count + sample.value)
     return out
 
 
 def breakdown(before: dict, after: dict, client_mean_s: float) -> dict[str, float]:
     mean = {}
-    for key in HISTOGRAMS:
+    for key in after:
         total = after[key][0] - before[key][0]
         count = after[key][1] - before[key][1]
         mean[key] = total / count if count else float("nan")
-    stages = {
-        "client and HAProxy": client_mean_s - mean["router"],
-        "router queue": mean["queue"],
-        "replica batcher": mean["replica_wait"],
-        "batch compute": mean["batch"],
-    }
-    stages["transit"] = mean["router"] - mean["queue"] - mean["replica_wait"] - mean["batch"]
+    call = sum(mean[stage] for stage in STAGES)
+    stages = {"client and HAProxy": client_mean_s - mean["router"], "router queue": mean["queue"]}
+    stages |= {f"call: {stage}": mean[stage] for stage in STAGES}
+    stages["router other"] = mean["router"] - mean["queue"] - call
     return {stage: round(seconds * 1000, 2) for stage, seconds in stages.items()}
 
 

@@ -303,7 +303,12 @@ class TextEncoderDeployment:
     async def run(self, jobs: list[Job[EmbedWork]]) -> list[EmbedResult]:
         """Several requests in one call: the router groups queued ones to save per-call overhead."""
         self.stats["grouped_calls"] += 1
-        return list(await asyncio.gather(*(self.embed(job) for job in jobs)))
+        received = time.time()
+        results = list(await asyncio.gather(*(self.embed(job) for job in jobs)))
+        returned = time.time()
+        for result in results:
+            result.replica_in, result.replica_out = received, returned
+        return results
 
     async def embed(self, job: Job[EmbedWork]) -> EmbedResult:
         """Embed one request's texts; an over-long input is a client error (unless it asked to be

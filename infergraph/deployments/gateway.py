@@ -208,7 +208,7 @@ class Gateway:
         finished = self.clock()
         model.queue.observe_compute(ticket.units, result.compute_s)
         if result.batch_s:
-            self.metrics.replica_timing(model.name, tier.value, result.replica_wait_s, result.batch_s)
+            self.metrics.call_timing(model.name, call_stages(result, ticket))
         tenant.record_tokens(result.usage_tokens, finished)
         self.metrics.answered(
             model.name,
@@ -226,9 +226,10 @@ class Gateway:
             "x-infergraph-router-ms": f"{(finished - started) * 1000:.2f}",
             "x-infergraph-body-ms": f"{(body_read - started) * 1000:.2f}",
         }
-        if result.batch_s:  # inside the replica: waiting in its batcher, then its batch's compute
-            headers["x-infergraph-replica-wait-ms"] = f"{result.replica_wait_s * 1000:.2f}"
-            headers["x-infergraph-batch-ms"] = f"{result.batch_s * 1000:.2f}"
+        if result.batch_s:  # the model call, stage by stage
+            headers["x-infergraph-call-stages-ms"] = ",".join(
+                f"{stage}={seconds * 1000:.2f}" for stage, seconds in call_stages(result, ticket).items()
+            )
         return Answer(endpoint.payload(req, result, path), headers, endpoint.media_type(req))
 
     # --- streamed kinds (LLM) ---------------------------------------------------------------------
@@ -380,6 +381,22 @@ class Gateway:
             if model.open_stream is not None:
                 self.metrics.observe_engine(name, (await model.info()).get("stats", {}))
         return self.metrics.exposition()
+
+
+def call_stages(result: Outcome, ticket: Ticket) -> dict[str, float]:
+    """A model call's time by stage, in seconds, from the router's and the replica's clocks (one
+    host's wall clock in a single-node service; across nodes the two transit stages carry their
+    clock offset)."""
+    dispatched = ticket.dispatched or result.replica_in
+    answered = ticket.answered or result.replica_out
+    inside = result.replica_out - result.replica_in
+    return {
+        "outbound": result.replica_in - dispatched,
+        "replica_wait": result.replica_wait_s,
+        "batch": result.batch_s,
+        "replica_other": inside - result.replica_wait_s - result.batch_s,
+        "inbound": answered - result.replica_out,
+    }
 
 
 def rejection_error(rejection: Rejection) -> ApiError:

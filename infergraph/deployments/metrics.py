@@ -53,17 +53,12 @@ class RouterMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.replica_wait = Histogram(
-            "infergraph_replica_wait_seconds",
-            "Time a request waited in the model replica's batcher before its batch began",
-            ["model", "tier"],
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.replica_batch = Histogram(
-            "infergraph_replica_batch_seconds",
-            "Compute time of the replica batch each request was part of",
-            ["model"],
+        self.call_stages = Histogram(
+            "infergraph_call_stage_seconds",
+            "Where the model call of an answered request spent its time: to the replica (outbound), "
+            "in its batcher (replica_wait), computing its batch (batch), the rest of the replica's "
+            "handler (replica_other), back to the router (inbound)",
+            ["model", "stage"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
@@ -118,10 +113,10 @@ class RouterMetrics:
         self.usage[tenant].requests += 1
         self.usage[tenant].rejected += 1
 
-    def replica_timing(self, model: str, tier: str, wait_s: float, batch_s: float) -> None:
-        """Where a call's time went inside the replica (kinds whose replicas report it)."""
-        self.replica_wait.labels(model, tier).observe(wait_s)
-        self.replica_batch.labels(model).observe(batch_s)
+    def call_timing(self, model: str, stages: dict[str, float]) -> None:
+        """Where a model call's time went (kinds whose replicas report it)."""
+        for stage, seconds in stages.items():
+            self.call_stages.labels(model, stage).observe(max(seconds, 0.0))
 
     def answered(
         self, model: str, tier: str, tenant: str, latency_s: float, tokens: int, compute_s: float, batch: int

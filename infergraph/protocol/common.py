@@ -50,8 +50,11 @@ class Outcome:
     usage_tokens: int = 0
     batch_size: int = 0  # units (sentences, pairs) in the batch it was computed in
     compute_s: float = 0.0  # its share of that batch's compute time
-    replica_wait_s: float = 0.0  # from the replica's batcher taking it to its batch starting
-    batch_s: float = 0.0  # the whole batch's compute time (the call's rest is transit)
+    # Where the call's time went (kinds whose replicas report it; time.time() instants):
+    replica_in: float = 0.0  # the replica's handler began the call
+    replica_out: float = 0.0  # ... and returned it
+    replica_wait_s: float = 0.0  # in the replica's batcher, until its batch began
+    batch_s: float = 0.0  # the whole batch's compute time
 
 
 class ModelCard(BaseModel):

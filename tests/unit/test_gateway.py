@@ -53,11 +53,14 @@ class StandInDeployment:
     async def send(self, group: list[Ticket]):
         self.jobs += [(t.work, t.tier) for t in group]
         if self.kind == "text-encoder":
+            await asyncio.sleep(0.021)  # the call: its stages below
             return [
                 EmbedResult(
                     embeddings=np.ones((t.units, 4), np.float32),
                     usage_tokens=7,
                     compute_s=0.5,
+                    replica_in=t.dispatched + 0.001,
+                    replica_out=t.dispatched + 0.021,
                     replica_wait_s=0.003,
                     batch_s=0.012,
                 )
@@ -199,18 +202,20 @@ def test_bad_rerank_requests_get_openai_shaped_4xx(body, status, code, param):
     assert stand_ins["rr"].jobs == []  # nothing reached the model
 
 
-def test_an_answer_says_where_its_time_went_inside_the_replica():
-    """The replica's batcher wait and its batch's compute, per request (headers) and per model
-    (histograms): what is left of the call is transit."""
+def test_an_answer_says_where_its_model_call_spent_its_time():
+    """Stage by stage (to the replica, its batcher, the batch, the rest of its handler, back), per
+    request (a header) and per model (a histogram)."""
     gw, _ = gateway()
     answer = serve(gw, EmbeddingsEndpoint(), Body(EMBED))
-    assert answer.headers["x-infergraph-replica-wait-ms"] == "3.00"
-    assert answer.headers["x-infergraph-batch-ms"] == "12.00"
+    stages = dict(part.split("=") for part in answer.headers["x-infergraph-call-stages-ms"].split(","))
+    assert list(stages) == ["outbound", "replica_wait", "batch", "replica_other", "inbound"]
+    assert (stages["outbound"], stages["replica_wait"], stages["batch"]) == ("1.00", "3.00", "12.00")
+    assert stages["replica_other"] == "5.00"  # 20 ms in the handler, 15 of them accounted for
+    assert float(stages["inbound"]) >= 0
     exposition = generate_latest(gw.metrics.registry).decode()
-    assert 'infergraph_replica_wait_seconds_sum{model="enc",tier="premium"} 0.003' in exposition
-    assert 'infergraph_replica_batch_seconds_count{model="enc"} 1.0' in exposition
+    assert 'infergraph_call_stage_seconds_count{model="enc",stage="batch"} 1.0' in exposition
     rerank = serve(gw, RerankEndpoint(), Body(RERANK))  # a kind that does not report them
-    assert "x-infergraph-batch-ms" not in rerank.headers
+    assert "x-infergraph-call-stages-ms" not in rerank.headers
 
 
 def test_a_tenant_limited_to_some_models_gets_403_elsewhere():
