@@ -37,7 +37,7 @@ from rich.table import Table
 from infergraph.bench.loadgen import closed_loop
 from infergraph.corpus import load_corpus
 from infergraph.paths import PROJECT_ROOT
-from infergraph.testing.service import serving_only, start_service
+from infergraph.testing.service import DEFAULT_CONFIG, serving_only, start_service
 
 MODELS = ["all-MiniLM-L6-v2", "multilingual-e5-small"]
 ADMIN = {"Authorization": "Bearer sk-ig-admin"}  # configs/tenants.yaml's development admin key
@@ -88,13 +88,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--model", default=MODELS[0])
     ap.add_argument("--url", help="a running service (default: start the two encoders)")
+    ap.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the serve.yaml to take them from")
     ap.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "benchmarks")
     a = ap.parse_args(argv)
     console = Console()
     service = None
     if a.url is None:
         workdir = Path(tempfile.mkdtemp(prefix="ig-breakdown-"))
-        (workdir / "serve.yaml").write_text(yaml.safe_dump(serving_only(MODELS)))
+        (workdir / "serve.yaml").write_text(yaml.safe_dump(serving_only(MODELS, a.config)))
         service = start_service(workdir / "serve.yaml")
     base_url = a.url or service.base_url  # type: ignore[union-attr]
     try:

@@ -4,10 +4,6 @@ from infergraph.bench.call_breakdown import breakdown
 
 
 def test_the_stages_add_up_to_the_client_latency():
-    zero = {
-        key: (0.0, 0.0)
-        for key in ("router", "queue", "outbound", "replica_wait", "batch", "replica_other", "inbound")
-    }
     # 100 requests in the window, means: router 20 ms, of which queue 2 and a call of 1+4+6+1+3
     after = {
         "router": (2.0, 100),
