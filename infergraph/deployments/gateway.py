@@ -207,8 +207,9 @@ class Gateway:
             raise ApiError(result.error_status, result.error, result.error_param, result.error_code)
         finished = self.clock()
         model.queue.observe_compute(ticket.units, result.compute_s)
-        if result.batch_s:
-            self.metrics.call_timing(model.name, call_stages(result, ticket))
+        stages = call_stages(result, ticket) if result.batch_s else None  # kinds that report them
+        if stages:
+            self.metrics.call_timing(model.name, stages)
         tenant.record_tokens(result.usage_tokens, finished)
         self.metrics.answered(
             model.name,
@@ -226,9 +227,9 @@ class Gateway:
             "x-infergraph-router-ms": f"{(finished - started) * 1000:.2f}",
             "x-infergraph-body-ms": f"{(body_read - started) * 1000:.2f}",
         }
-        if result.batch_s:  # the model call, stage by stage
+        if stages:  # the model call, stage by stage
             headers["x-infergraph-call-stages-ms"] = ",".join(
-                f"{stage}={seconds * 1000:.2f}" for stage, seconds in call_stages(result, ticket).items()
+                f"{stage}={seconds * 1000:.2f}" for stage, seconds in stages.items()
             )
         return Answer(endpoint.payload(req, result, path), headers, endpoint.media_type(req))
 
