@@ -74,6 +74,11 @@ class VariantFactory:
         return export_onnx(self.model_dir, self.work / "onnx" / "base")
 
     @cached_property
+    def fused_onnx(self) -> Path:
+        """The base graph with ONNX Runtime's transformer fusions baked in: what INT8 variants quantise."""
+        return v.graph_optimized(self.base_onnx, self.work / "fused")
+
+    @cached_property
     def teacher_data(self) -> tuple[list[list[int]], list[np.ndarray], int]:
         """The corpus as token ids (cut to `max_tokens`), the teacher's token states, the pad id."""
         teacher = self.teacher()
@@ -136,19 +141,17 @@ class VariantFactory:
         )
 
     def _onnx_int8(self, out: Path) -> None:
-        fused = v.graph_optimized(self.base_onnx, self.work / "fused")
-        int8 = v.dynamic_int8(fused, self.work / "fused-int8")
+        int8 = v.dynamic_int8(self.fused_onnx, self.work / "fused-int8")
         v.onnx_artifact(self.spec.name, "onnx-int8", "int8", int8, self.model_dir, out)
 
     def _onnx_int8_mixed(self, out: Path) -> None:
-        fused = v.graph_optimized(self.base_onnx, self.work / "fused")
         target = self.work / f"fused-int8-mixed-f{mixed_int8.FIDELITY}" / v.INT8_FILE
         texts = data.multilingual_corpus(limit=mixed_int8.PROBE_TEXTS, seed=1)  # not evaluation data
 
         def encoder_of(onnx_file: Path) -> mixed_int8.Encode:
             return onnx_file_encoder(self.spec, self.model_dir, onnx_file, threads=2).encode
 
-        choice = mixed_int8.build(fused, target, encoder_of, texts, mixed_int8.FIDELITY)
+        choice = mixed_int8.build(self.fused_onnx, target, encoder_of, texts, mixed_int8.FIDELITY)
         self.stats["onnx-int8-mixed"] = {
             "fp32_matmuls": len(choice.excluded),
             "probe_fidelity": choice.fidelity,
