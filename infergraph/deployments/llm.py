@@ -138,7 +138,7 @@ class LLMDeployment:
             except Exception as exc:  # the engine failed: an explicit 503, never a silent end
                 log.exception("%s: generation failed", self.spec.name)
                 error = f"generation failed: {exc}"  # the gateway answers 503 generation_failed
-                await events.put(LLMEvent(index, error=error, error_code="generation_failed", failed=True))
+                await events.put(LLMEvent(index, error=error, failed=True))
             finally:
                 await events.put(_DONE)
 

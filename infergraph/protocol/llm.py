@@ -150,7 +150,7 @@ class LLMEvent:
     completion_tokens: int = 0
     error: str | None = None
     error_param: str | None = None
-    error_code: str = "invalid_request"
+    error_code: str = "invalid_request"  # of a client error (400)
     deadline_exceeded: bool = False  # no token by the deadline: 503 deadline_exceeded
     failed: bool = False  # the engine failed: 503 generation_failed (never a silent end)
 

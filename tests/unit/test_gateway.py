@@ -365,7 +365,7 @@ def test_a_client_leaving_mid_stream_frees_its_slot_and_closes_the_replica_strea
         ),  # fmt: skip
         (LLMEvent(error="late", deadline_exceeded=True), 503, "deadline_exceeded"),
         (
-            LLMEvent(error="generation failed: boom", error_code="generation_failed", failed=True),
+            LLMEvent(error="generation failed: boom", failed=True),
             503,
             "generation_failed",
         ),  # fmt: skip
