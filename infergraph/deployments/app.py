@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -10,6 +11,7 @@ from ray.serve import Application
 
 from infergraph.deployments.admission import AdmissionConfig
 from infergraph.deployments.context import BuildContext
+from infergraph.deployments.encoder import encoder_arguments
 from infergraph.deployments.kinds import KINDS
 from infergraph.deployments.ledger import TenantLedger
 from infergraph.deployments.router import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_UPLOAD_BYTES, Router
@@ -50,6 +52,10 @@ class AppArgs(BaseModel):
     allow_dev_keys: bool = Field(
         False, description="serve the published development keys on a non-loopback address too"
     )
+    in_router: list[str] = Field(
+        default_factory=list,
+        description="text encoders the router also computes in its own process (deployments/in_router.py)",
+    )
     shared_tenant_limits: bool = Field(
         True,
         description="rates and quotas per tenant across router replicas (a TenantLedger); off: per replica",
@@ -71,6 +77,7 @@ def build_app(args: dict[str, Any]) -> Application:
     for name in with_dependencies(catalog, opts.models):
         spec = catalog.get(name)
         bound[name] = KINDS[spec.kind].bind(spec, ctx, bound)
+    in_router = {name: in_router_arguments(catalog, name, list(bound), ctx) for name in opts.in_router}
     ledger = None
     if opts.shared_tenant_limits:
         ledger = TenantLedger.bind(tenants.model_dump(mode="json"))  # type: ignore[attr-defined]
@@ -88,7 +95,19 @@ def build_app(args: dict[str, Any]) -> Application:
             for name in bound
         },
         ledger=ledger,
+        in_router=in_router,
     )
+
+
+def in_router_arguments(catalog: Catalog, name: str, served: list[str], ctx: BuildContext) -> dict[str, Any]:
+    """The arguments the router builds its copy of `name` with; only served text encoders qualify."""
+    if name not in served:
+        raise ValueError(f"in_router: {name!r} is not among the served models {served}")
+    spec = catalog.get(name)
+    if spec.kind != "text-encoder":
+        raise ValueError(f"in_router: {name!r} is a {spec.kind}; only text encoders run in the router")
+    # The router has no GPU: its copy runs ONNX on the CPU, whatever the deployments use.
+    return encoder_arguments(spec, replace(ctx, engine="onnx"))
 
 
 def with_dependencies(catalog: Catalog, models: list[str]) -> list[str]:

@@ -117,8 +117,13 @@ def _initial_user_config() -> dict[str, Any]:
         return {}
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1.0}, max_ongoing_requests=128)
-class TextEncoderDeployment:
+class TextEncoderReplica:
+    """One replica's encoder, batcher and variant; Serve runs it as `TextEncoderDeployment`, and the
+    router runs it in its own process for the models it computes itself (deployments/in_router.py).
+
+    `user_config`: the settings to start with; by default the deployment's, as Serve set them.
+    """
+
     def __init__(
         self,
         spec: dict[str, Any],
@@ -128,6 +133,7 @@ class TextEncoderDeployment:
         default_variant: str = BASE,
         registry_cache: str | None = None,
         alias_refresh_s: float = 0.0,
+        user_config: dict[str, Any] | None = None,
     ) -> None:
         self.spec = EncoderSpec.model_validate(spec)
         self.engine_kind = engine
@@ -140,7 +146,8 @@ class TextEncoderDeployment:
         self.default_variant = default_variant
         self.registry_cache = Path(registry_cache) if registry_cache else None
         try:
-            self.config = EncoderConfig.model_validate(_initial_user_config())
+            initial = _initial_user_config() if user_config is None else user_config
+            self.config = EncoderConfig.model_validate(initial)
         except ValidationError:  # Serve's first reconfigure reports it
             self.config = EncoderConfig()
         self.stats = Counter[str]()  # requests, grouped_calls, batches, sentences: is batching working?
@@ -365,6 +372,11 @@ class TextEncoderDeployment:
         ]
 
 
+TextEncoderDeployment = serve.deployment(ray_actor_options={"num_cpus": 1.0}, max_ongoing_requests=128)(
+    TextEncoderReplica
+)
+
+
 def _tokenize(encoder: TextEncoder, work: EmbedWork) -> tuple[list[list[int]], int]:
     """(token ids per text, how many texts were truncated)."""
     if work.truncate:
@@ -395,14 +407,19 @@ class EmbeddingsEndpoint(Endpoint[EmbeddingRequest, EmbedResult]):
         return embeddings_payload(req, result)
 
 
+def encoder_arguments(spec: ModelSpec, ctx: BuildContext) -> dict[str, Any]:
+    """What a `TextEncoderReplica` of one catalog entry is built with (by Serve, or by the router)."""
+    return {
+        "spec": spec.model_dump(),
+        "engine": ctx.engine,
+        "tracking_uri": ctx.tracking_uri,
+        "default_variant": ctx.default_variant.format(name=spec.name),
+        "registry_cache": ctx.registry_cache,
+        "alias_refresh_s": ctx.alias_refresh_s,
+    }
+
+
 def bind_encoder(spec: ModelSpec, ctx: BuildContext, bound: dict[str, Application]) -> Application:
     """The text-encoder deployment for one catalog entry, named after the model."""
-    deployment = TextEncoderDeployment.options(name=spec.name)  # type: ignore[attr-defined]
-    return deployment.bind(
-        spec.model_dump(),
-        engine=ctx.engine,
-        tracking_uri=ctx.tracking_uri,
-        default_variant=ctx.default_variant.format(name=spec.name),
-        registry_cache=ctx.registry_cache,
-        alias_refresh_s=ctx.alias_refresh_s,
-    )
+    deployment = TextEncoderDeployment.options(name=spec.name)
+    return deployment.bind(**encoder_arguments(spec, ctx))

@@ -7,8 +7,9 @@ deadlines, 429/503 with Retry-After) and accounting. Answers and errors are Open
 """
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -20,8 +21,10 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from infergraph.deployments.admission import AdmissionConfig, ModelQueue, Ticket
+from infergraph.deployments.encoder import TextEncoderReplica
 from infergraph.deployments.errors import ApiError, install_error_handlers
 from infergraph.deployments.gateway import Gateway, ServedModel, StreamAnswer
+from infergraph.deployments.in_router import InRouterModel, follow_deployments
 from infergraph.deployments.kinds import endpoints_by_path, kind_streams
 from infergraph.deployments.ledger import Grant, Lease, LeasedTenantState
 from infergraph.deployments.metrics import RouterMetrics
@@ -124,11 +127,16 @@ def requested_deadline_ms(request: Request) -> float | None:
     return value
 
 
-def model_queue(handle: DeploymentHandle, tiers: Any, admission: AdmissionConfig) -> ModelQueue:
-    """The admission queue in front of one deployment: each call carries typed jobs to `run`."""
+def model_queue(
+    handle: DeploymentHandle, tiers: Any, admission: AdmissionConfig, copy: InRouterModel | None = None
+) -> ModelQueue:
+    """The admission queue in front of one deployment: each call carries typed jobs to `run`, of the
+    router's own copy of the model when it has one that serves (deployments/in_router.py)."""
 
     async def send(group: list[Ticket]) -> list[Any]:
         jobs = [Job(t.work, t.tier, t.deadline) for t in group]
+        if copy is not None and copy.serving:
+            return await copy.run(jobs)
         return await call_with_failover(lambda: handle.run.remote(jobs), min(t.deadline for t in group))
 
     cfg = admission
@@ -142,6 +150,29 @@ def model_queue(handle: DeploymentHandle, tiers: Any, admission: AdmissionConfig
         max_group_requests=cfg.max_group_requests,
         starvation_guard=cfg.starvation_guard,
     )
+
+
+def in_router_copy(name: str, init_kwargs: dict[str, Any]) -> InRouterModel:
+    """The router's copy of an encoder deployment, built with the deployment's own arguments."""
+    return InRouterModel(name, lambda user_config: TextEncoderReplica(**init_kwargs, user_config=user_config))
+
+
+def deployment_card(handle: DeploymentHandle) -> Callable[[], Awaitable[dict[str, Any]]]:
+    async def card() -> dict[str, Any]:
+        info: dict[str, Any] = await handle.info.remote()
+        return info
+
+    return card
+
+
+def served_card(handle: DeploymentHandle, copy: InRouterModel) -> Callable[[], Awaitable[dict[str, Any]]]:
+    """The card of what answers an in-router model's requests: the router's copy, or its deployment."""
+    ask_deployment = deployment_card(handle)
+
+    async def describe() -> dict[str, Any]:
+        return copy.info() if copy.serving else {**await ask_deployment(), "computed_in": "replica"}
+
+    return describe
 
 
 def stream_opener(handle: DeploymentHandle) -> Callable[[Job[Any]], AsyncGenerator[Any, None]]:
@@ -197,6 +228,8 @@ class Router:
         body_timeout_s: float = 30.0,
         max_bodies_per_tenant: int = 32,
         ledger: DeploymentHandle | None = None,
+        in_router: dict[str, dict[str, Any]] | None = None,
+        in_router_sync_s: float = 2.0,
     ) -> None:
         tenants_config = TenantsConfig.model_validate(tenants)
         if ledger is None:  # limits per router replica
@@ -208,16 +241,22 @@ class Router:
             )
         metrics = RouterMetrics(registry.config.price_per_replica_hour)
         self.admission = AdmissionConfig.model_validate(admission or {})
+        # Encoders this router also computes itself, each built from its deployment's arguments.
+        self.copies = {name: in_router_copy(name, kwargs) for name, kwargs in (in_router or {}).items()}
+        self.in_router_sync_s = in_router_sync_s
+        self.deployment_cards = {name: deployment_card(models[name]) for name in self.copies}
         served = {}
         for name, handle in models.items():
             own = (model_admission or {}).get(name, {})
             config = self.admission.model_copy(
                 update=AdmissionConfig.model_validate(own).model_dump(exclude_unset=True)
             )
-            queue = model_queue(handle, registry.config.tiers, config)
+            copy = self.copies.get(name)
+            queue = model_queue(handle, registry.config.tiers, config, copy)
             metrics.watch_queue(name, queue)
             opener = stream_opener(handle) if kind_streams(kinds[name]) else None
-            served[name] = ServedModel(name, kinds[name], queue, handle.info.remote, open_stream=opener)
+            describe = handle.info.remote if copy is None else served_card(handle, copy)
+            served[name] = ServedModel(name, kinds[name], queue, describe, open_stream=opener)
         self.gateway = Gateway(
             registry,
             metrics,
@@ -229,14 +268,22 @@ class Router:
         self.started = int(time.time())
         self._replica_counts: asyncio.Task | None = None
         self._leases: asyncio.Task | None = None
+        self._copies_sync: asyncio.Task | None = None
+        with contextlib.suppress(RuntimeError):  # Serve builds it on its event loop: start loading now
+            self._start_background_loops()
 
     def _start_background_loops(self) -> None:
         """Start the background loops (replica counts, lease upkeep) once a loop runs."""
         loop = asyncio.get_running_loop()
         if self._replica_counts is None or self._replica_counts.done():
-            queues = {name: m.queue for name, m in self.gateway.models.items()}
+            # An in-router model's capacity is the router's copy, not its deployment's replicas.
+            queues = {n: m.queue for n, m in self.gateway.models.items() if n not in self.copies}
             interval = self.admission.replica_refresh_s
             self._replica_counts = loop.create_task(follow_replica_counts(queues, interval))
+        if self.copies and (self._copies_sync is None or self._copies_sync.done()):
+            self._copies_sync = loop.create_task(
+                follow_deployments(self.copies, self.deployment_cards, self.in_router_sync_s)
+            )
         leased = [s for s in self.gateway.tenants.by_hash.values() if isinstance(s, LeasedTenantState)]
         if leased and (self._leases is None or self._leases.done()):
             self._leases = loop.create_task(tidy_leases(leased))

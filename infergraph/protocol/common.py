@@ -84,5 +84,8 @@ class ModelCard(BaseModel):
     max_audio_s: float | None = Field(None, description="speech-to-text: longest upload (413 beyond)")
     multilingual: bool | None = Field(None, description="speech-to-text: detects languages and translates")
     scorer: dict[str, Any] | None = Field(None, description="re-rankers: how documents are scored")
+    computed_in: Literal["replica", "router"] = Field(
+        "replica", description="where the requests are computed: the model's replicas, or the router itself"
+    )
     batching: dict[str, Any] = {}
     stats: dict[str, int] = {}

@@ -42,6 +42,8 @@ def serving_only(models: list[str], config: Path = DEFAULT_CONFIG) -> dict[str, 
     cfg: dict[str, Any] = yaml.safe_load(config.read_text())
     app = cfg["applications"][0]
     app["args"]["models"] = list(models)
+    if "in_router" in app["args"]:
+        app["args"]["in_router"] = [m for m in app["args"]["in_router"] if m in models]
     app["deployments"] = [d for d in app["deployments"] if d["name"] in ("Router", *models)]
     return cfg
 
