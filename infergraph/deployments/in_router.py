@@ -36,6 +36,10 @@ class EncoderCopy(Protocol):
     def info(self) -> dict[str, Any]: ...
 
 
+# Card fields that describe the deployment's configuration rather than the copy that computes.
+CONFIGURED = ("variant_requested", "variant_reason", "variant_error")
+
+
 def mirrored_config(card: dict[str, Any]) -> dict[str, Any]:
     """The `user_config` that makes a copy serve what the deployment's card says it serves."""
     source = card.get("variant_source", "base")
@@ -58,6 +62,7 @@ class InRouterModel:
         self.serving = False  # the copy serves what the deployment serves
         self.error: str | None = None  # why it does not, when it tried and failed
         self._wanted: dict[str, Any] | None = None
+        self.card: dict[str, Any] = {}  # the deployment's card the copy was last brought in step with
 
     async def sync(self, card: dict[str, Any]) -> None:
         """Load or reconfigure the copy so that it serves what `card` (the deployment's info()) says.
@@ -65,6 +70,7 @@ class InRouterModel:
         A change that fails leaves the deployment answering, and is not retried until the card
         changes again (a broken variant would otherwise reload every few seconds).
         """
+        self.card = card
         wanted = mirrored_config(card)
         if wanted == self._wanted:
             return
@@ -89,8 +95,11 @@ class InRouterModel:
         return await self.copy.run(jobs)
 
     def info(self) -> dict[str, Any]:
+        """The copy's card (what computes, its batching and counters), with what the deployment's
+        configuration asked for and why: the copy was asked for the exact version that resolved to."""
         assert self.copy is not None
-        return {**self.copy.info(), "computed_in": "router"}
+        configured = {key: self.card.get(key) for key in CONFIGURED}
+        return {**self.copy.info(), **configured, "computed_in": "router"}
 
 
 async def follow_deployments(

@@ -1,6 +1,7 @@
 """The service through the official OpenAI client, as a user calls it."""
 
 import asyncio
+import time
 
 import httpx
 import numpy as np
@@ -90,3 +91,19 @@ def test_models_listing(client):
 def test_healthz(service):
     r = httpx.get(f"{service}/healthz")
     assert r.status_code == 200 and r.json()["status"] == "ok"
+
+
+def test_the_router_computes_minilm_itself(service, client):
+    """configs/serve.yaml lists MiniLM under `in_router`: once the router's copy has loaded, MiniLM's
+    requests skip the handle (the call's way out and back take no time) and e5's still use it."""
+    deadline = time.monotonic() + 60
+    url = f"{service}/v1/models/{MINILM}"
+    while (card := httpx.get(url, headers=AUTH).json())["computed_in"] != "router":
+        assert time.monotonic() < deadline, card
+        time.sleep(0.5)
+    assert card["variant_requested"] == f"models:/{MINILM}@production"  # the deployment's configuration
+    assert httpx.get(f"{service}/v1/models/{E5}", headers=AUTH).json()["computed_in"] == "replica"
+    answer = client.embeddings.with_raw_response.create(model=MINILM, input=["A man is playing a guitar."])
+    stages = dict(part.split("=") for part in answer.headers["x-infergraph-call-stages-ms"].split(","))
+    assert float(stages["outbound"]) + float(stages["inbound"]) < 1.0, stages
+    assert float(stages["batch"]) > 0

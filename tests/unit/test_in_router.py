@@ -78,6 +78,7 @@ def test_the_copy_serves_what_the_deployment_serves(arguments, deployment):
     card = copy.info()
     assert card["computed_in"] == "router" and card["variant"] == deployment.info()["variant"]
     assert card["batching"] == deployment.info()["batching"]
+    assert card["variant_requested"] == deployment.info()["variant_requested"]  # what serve.yaml asked for
     np.testing.assert_allclose(vectors, reference, atol=1e-5)
     assert vectors[0] @ vectors[1] > vectors[0] @ vectors[2] + 0.3  # a paraphrase beats an unrelated text
 
