@@ -58,7 +58,10 @@ EXPERIMENT = "tuning"
 # encoder sustains on the 2-core reference box), premium users at 3 requests/s each (18/s in all, so
 # its p99 rests on ~800 requests a trial): bulk work saturates the encoder while premium must stay fast.
 DEFAULT_LOAD = "--ig-kinds embeddings:1 --ig-base-users 48 --ig-premium-rps 3"
-Changes = dict[str, Any]  # dotted path in the deployment's entry -> value
+Changes = dict[str, Any]  # dotted path in the deployment's entry (or IN_ROUTER) -> value
+# Not a path in the deployment's entry: whether the model is in the application's `in_router` list,
+# i.e. computed by the router itself (deployments/in_router.py).
+IN_ROUTER = "in_router"
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ KNOBS = (
     Knob("user_config.variant", ("base", "models:/{model}@production")),
     Knob("num_replicas", (1, 2), restarts=True),  # the CPU shares are split between the replicas
     Knob("ray_actor_options.num_cpus", (0.35, 0.5, 0.7, 0.9), restarts=True),
+    Knob(IN_ROUTER, (False, True), restarts=True),  # the router restarts with or without its copy
 )
 
 
@@ -116,14 +120,31 @@ def get(dep: dict[str, Any], path: str) -> Any:
     return node
 
 
+def in_router(config: dict[str, Any]) -> list[str]:
+    """The models the config's router computes itself."""
+    return [m for app in config["applications"] for m in (app.get("args") or {}).get(IN_ROUTER) or []]
+
+
+def knob_value(config: dict[str, Any], model: str, path: str) -> Any:
+    """What `config` sets for a knob of `model` (None: not set)."""
+    if path == IN_ROUTER:
+        return model in in_router(config)
+    return get(deployment(config, model), path)
+
+
 def with_changes(config: dict[str, Any], model: str, changes: Changes) -> dict[str, Any]:
     """A copy of `config` whose `model` deployment has `changes` applied."""
     out = copy.deepcopy(config)
     for app in out["applications"]:
+        if IN_ROUTER in changes and "args" in app:
+            others = [m for m in app["args"].get(IN_ROUTER) or [] if m != model]
+            app["args"][IN_ROUTER] = [*others, model] if changes[IN_ROUTER] else others
         for dep in app.get("deployments", []):
             if dep["name"] != model:
                 continue
             for path, value in changes.items():
+                if path == IN_ROUTER:
+                    continue
                 *parents, last = path.split(".")
                 node = dep
                 for key in parents:
@@ -160,11 +181,14 @@ class Target:
         )
         new, old = deployment(config, model), deployment(self.deployed, model)
         restarts = new | {"user_config": None} != old | {"user_config": None}  # more than user_config
+        restarts |= in_router(config) != in_router(self.deployed)  # the router restarts
         self.deployed = config
         wanted = new.get("user_config") or {}
+        computed_in = "router" if model in in_router(config) else "replica"
         while True:
             status = self.status() if restarts else {}  # one `serve status` (seconds) per look
-            if self._applied(model, wanted) and (not restarts or self._healthy(model, status)):
+            applied = self._applied(model, wanted, computed_in)
+            if applied and (not restarts or self._healthy(model, status)):
                 return time.monotonic() - started
             if restarts and "to be scheduled" in json.dumps(status):
                 raise UnschedulableError(f"{path.name}: Ray cannot place the replicas")
@@ -173,11 +197,14 @@ class Target:
                 raise TimeoutError(f"{late}: {status or self.status()}")
             time.sleep(0.5 if not restarts else 2)
 
-    def _applied(self, model: str, user_config: dict[str, Any]) -> bool:
-        """The model's card shows `user_config` (Serve called `reconfigure` on its replica)."""
+    def _applied(self, model: str, user_config: dict[str, Any], computed_in: str = "replica") -> bool:
+        """The model's card shows `user_config` (Serve called `reconfigure` on its replica) and that
+        it is computed where the config says (the router's copy has loaded, or is gone)."""
         try:
             card = httpx.get(f"{self.url}/v1/models/{model}", headers=AUTH, timeout=10).json()
         except (httpx.HTTPError, ValueError):
+            return False
+        if card.get("computed_in", "replica") != computed_in:
             return False
         batching = card.get("batching") or {}
         if any(batching.get(k) != v for k, v in user_config.items() if k != "variant"):
@@ -349,7 +376,7 @@ def sweep(target: Target, args: argparse.Namespace, out: Path) -> tuple[Trial, T
     for knob in KNOBS:
         if chosen is not None and knob.path not in chosen:
             continue
-        current = best.changes.get(knob.path, get(shipped_dep, knob.path))
+        current = best.changes.get(knob.path, knob_value(target.config, args.model, knob.path))
         if knob.path == "user_config.variant" and current is None:
             current = "base" if not variant_exists(f"models:/{args.model}@production", args) else None
         for raw in knob.values:
@@ -452,12 +479,13 @@ def plot(trials: list[Trial], args: argparse.Namespace, path: Path) -> None:
 
 # --- validation: shipped vs recommended, alternated ------------------------------------------------
 def validate(target: Target, args: argparse.Namespace, recommended: Path, out: Path) -> dict[str, Any]:
-    rec_dep = deployment(yaml.safe_load(recommended.read_text()), args.model)
-    shipped_dep = deployment(target.config, args.model)
+    rec = yaml.safe_load(recommended.read_text())
     changes = {
-        knob.path: get(rec_dep, knob.path)
+        knob.path: value
         for knob in KNOBS
-        if get(rec_dep, knob.path) != get(shipped_dep, knob.path) and get(rec_dep, knob.path) is not None
+        if (value := knob_value(rec, args.model, knob.path))
+        != knob_value(target.config, args.model, knob.path)
+        and value is not None
     }
     rounds: dict[str, list[Trial]] = {"shipped": [], "recommended": []}
     if args.validate:  # a fresh service: settle it first, as the sweep does

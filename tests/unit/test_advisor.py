@@ -8,10 +8,13 @@ import argparse
 import yaml
 
 from infergraph.bench.advisor import (
+    IN_ROUTER,
     Trial,
     better,
     deployment,
+    in_router,
     judge,
+    knob_value,
     verdict,
     with_changes,
     write_recommendation,
@@ -77,6 +80,17 @@ def test_the_recommendation_changes_only_the_winning_knobs(tmp_path):
     assert "premium p99 120" in text and "shipped 200" in text
     recommended = yaml.safe_load(text)
     assert recommended == with_changes(shipped, MODEL, changes)
+
+
+def test_the_in_router_knob_moves_a_model_in_and_out_of_the_routers_list():
+    shipped = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    e5 = "multilingual-e5-small"
+    assert knob_value(shipped, MODEL, IN_ROUTER) is True and knob_value(shipped, e5, IN_ROUTER) is False
+    both = with_changes(shipped, e5, {IN_ROUTER: True, "user_config.max_batch_sentences": 8})
+    assert in_router(both) == [MODEL, e5] and deployment(both, e5)["user_config"]["max_batch_sentences"] == 8
+    assert IN_ROUTER not in deployment(both, e5)  # not written into the deployment's entry
+    assert in_router(with_changes(shipped, MODEL, {IN_ROUTER: False})) == []
+    assert in_router(shipped) == [MODEL]  # not modified in place
 
 
 def test_validation_confirms_only_what_the_alternated_rounds_show():
