@@ -68,6 +68,7 @@ def serve_config(workdir: Path, replicas: int, routers: int) -> Path:
     cfg = serving_only([MODEL])
     app = cfg["applications"][0]
     app["args"]["registry"]["default_variant"] = "base"
+    app["args"]["in_router"] = []  # the faults hit the model's replicas: its requests must go there
     model = next(d for d in app["deployments"] if d["name"] == MODEL)
     model["num_replicas"] = replicas
     model["ray_actor_options"] = {"num_cpus": 0.4}
