@@ -83,6 +83,9 @@ KNOBS = (
 )
 
 
+UNPLACEABLE_AFTER_S = 60.0  # longer than a replica's graceful shutdown (Serve's default 20 s)
+
+
 class UnschedulableError(RuntimeError):
     """Ray cannot place the trial's replicas (not enough CPU shares left)."""
 
@@ -185,13 +188,21 @@ class Target:
         self.deployed = config
         wanted = new.get("user_config") or {}
         computed_in = "router" if model in in_router(config) else "replica"
+        waiting_for_cpus: float | None = None  # since when a new replica waits to be placed
         while True:
             status = self.status() if restarts else {}  # one `serve status` (seconds) per look
             applied = self._applied(model, wanted, computed_in)
             if applied and (not restarts or self._healthy(model, status)):
                 return time.monotonic() - started
             if restarts and "to be scheduled" in json.dumps(status):
-                raise UnschedulableError(f"{path.name}: Ray cannot place the replicas")
+                # Serve stops an old replica before it starts the new one (max_surge_percent 0), so
+                # a replacement waits for the old one's CPU shares while it drains: only a wait that
+                # outlasts the drain means Ray cannot place it.
+                waiting_for_cpus = waiting_for_cpus or time.monotonic()
+                if time.monotonic() - waiting_for_cpus > UNPLACEABLE_AFTER_S:
+                    raise UnschedulableError(f"{path.name}: Ray cannot place the replicas")
+            else:
+                waiting_for_cpus = None
             if time.monotonic() - started > timeout_s:
                 late = f"{path.name} not running after {timeout_s:.0f} s"
                 raise TimeoutError(f"{late}: {status or self.status()}")
