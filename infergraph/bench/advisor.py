@@ -390,7 +390,10 @@ def sweep(target: Target, args: argparse.Namespace, out: Path) -> tuple[Trial, T
         current = best.changes.get(knob.path, knob_value(target.config, args.model, knob.path))
         if knob.path == "user_config.variant" and current is None:
             current = "base" if not variant_exists(f"models:/{args.model}@production", args) else None
-        for raw in knob.values:
+        values = knob.values
+        if knob.path == "user_config.variant" and args.variants:
+            values += tuple(args.variants.split(","))
+        for raw in values:
             value = raw.format(model=args.model) if isinstance(raw, str) else raw
             if value == current or (knob.path == "user_config.variant" and not variant_exists(value, args)):
                 continue
@@ -431,20 +434,35 @@ def confirmed(
     return best_again
 
 
-def variant_exists(variant: str, args: argparse.Namespace) -> bool:
-    """`base` always; a registry alias only when the registry has it (else the replica cannot start)."""
+def registry_version(variant: str, args: argparse.Namespace) -> Any | None:
+    """The registry's model version that `variant` (models:/<name>@<alias> or models:/<name>/<version>)
+    names, or None (not a registry variant, or not in the registry)."""
     if not variant.startswith("models:/"):
-        return True
+        return None
     from mlflow import MlflowClient
 
-    name, _, alias = variant.removeprefix("models:/").partition("@")
+    client = MlflowClient(tracking_uri=args.registry_uri, registry_uri=args.registry_uri)
+    path = variant.removeprefix("models:/")
     try:
-        MlflowClient(
-            tracking_uri=args.registry_uri, registry_uri=args.registry_uri
-        ).get_model_version_by_alias(name, alias)
+        if "@" in path:
+            return client.get_model_version_by_alias(*path.split("@", 1))
+        return client.get_model_version(*path.rsplit("/", 1))
     except Exception:
-        return False
-    return True
+        return None
+
+
+def variant_exists(variant: str, args: argparse.Namespace) -> bool:
+    """`base` or a folder always; a registry variant only when the registry has it (else the replica
+    cannot start)."""
+    return not variant.startswith("models:/") or registry_version(variant, args) is not None
+
+
+def variant_quality(variant: str, args: argparse.Namespace) -> str | None:
+    """What the optimize pipeline measured of a registry variant: its quality against FP32."""
+    version = registry_version(variant, args)
+    if version is None or "quality_pct_of_fp32" not in version.tags:
+        return None
+    return f"{version.tags.get('variant', variant)}, {version.tags['quality_pct_of_fp32']}% of FP32 quality"
 
 
 def write_recommendation(
@@ -463,9 +481,11 @@ def write_recommendation(
         f"p50 {best.slo_p50_ms} ms (shipped {shipped.slo_p50_ms} ms),",
         f"#           {best.answered_per_s} answered/s (shipped {shipped.answered_per_s}); "
         f"meets the SLO: {best.meets_slo} (shipped {shipped.meets_slo})",
-        "",
     ]
-    path.write_text("\n".join(header) + yaml.safe_dump(config, sort_keys=False))
+    variant = best.changes.get("user_config.variant")
+    if variant and (quality := variant_quality(variant, args)):  # a quality trade is said, not implied
+        header.append(f"# Variant: {quality} (measured by the optimize pipeline)")
+    path.write_text("\n".join([*header, ""]) + yaml.safe_dump(config, sort_keys=False))
 
 
 def plot(trials: list[Trial], args: argparse.Namespace, path: Path) -> None:
@@ -561,6 +581,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-gain-pct", type=float, default=15.0, help="p99 gain that counts as better")
     ap.add_argument("--knobs", default="", help="comma-separated knob paths (default: all of KNOBS)")
     ap.add_argument(
+        "--variants",
+        default="",
+        help="more variants the sweep may serve, comma-separated (models:/<name>/<version> or @<alias>); "
+        "one the optimize gate refused trades quality for speed, which the recommendation states",
+    )
+    ap.add_argument(
         "--confirm",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -597,8 +623,10 @@ def main(argv: list[str] | None = None) -> int:
         plot(trials, args, out / "trials.png")
         console.print(recommended.read_text().split("\n\n")[0])
         console.print(f"wrote {recommended}, {out / 'trials.jsonl'}, {out / 'trials.png'}")
-        if args.rounds:
+        if args.rounds and best.changes:
             validate(target, args, recommended, out)
+        elif args.rounds:
+            console.print("the shipped settings won: nothing to validate")
     finally:
         if service is not None:
             service.stop()
