@@ -137,3 +137,23 @@ def test_a_lucky_trial_must_win_again_before_it_becomes_the_best(monkeypatch, tm
     again["max_batch_sentences=32 (again)"] = 90.0
     moved = advisor.confirmed(target, args, tmp_path, best, lucky, [])
     assert moved.changes == {"user_config.max_batch_sentences": 32} and moved.slo_p99_ms == 90.0
+
+
+def test_a_registry_variant_is_found_by_version_and_its_quality_is_stated(tmp_path):
+    from mlflow import MlflowClient
+
+    from infergraph.bench.advisor import variant_exists
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=store, registry_uri=store)
+    client.create_registered_model(MODEL)
+    tags = {"variant": "onnx-int8-mixed", "quality_pct_of_fp32": "96.28"}
+    client.create_model_version(MODEL, source=str(tmp_path), tags=tags)
+    args = argparse.Namespace(**vars(ARGS), registry_uri=store)
+    assert variant_exists(f"models:/{MODEL}/1", args) and variant_exists("base", args)
+    assert not variant_exists(f"models:/{MODEL}/2", args)
+    assert not variant_exists(f"models:/{MODEL}@production", args)  # no alias set
+    out = tmp_path / "recommended.yaml"
+    changes = {"user_config.variant": f"models:/{MODEL}/1"}
+    write_recommendation(out, DEFAULT_CONFIG, MODEL, trial(200, False), trial(90, True, **changes), args)
+    assert "# Variant: onnx-int8-mixed, 96.28% of FP32 quality" in out.read_text()
