@@ -106,8 +106,9 @@ def in_router_arguments(catalog: Catalog, name: str, served: list[str], ctx: Bui
     spec = catalog.get(name)
     if spec.kind != "text-encoder":
         raise ValueError(f"in_router: {name!r} is a {spec.kind}; only text encoders run in the router")
-    # The router has no GPU: its copy runs ONNX on the CPU, whatever the deployments use.
-    return encoder_arguments(spec, replace(ctx, engine="onnx"))
+    # The router has no GPU: its copy runs ONNX on the CPU, whatever the deployments use. It follows
+    # its deployment's card (the exact version served there), not the registry's alias.
+    return encoder_arguments(spec, replace(ctx, engine="onnx", alias_refresh_s=0.0))
 
 
 def with_dependencies(catalog: Catalog, models: list[str]) -> list[str]:
