@@ -33,6 +33,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
@@ -601,6 +602,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--registry-uri", default=loadreport.DEFAULT_TRACKING_URI, help="where variants resolve")
     ap.add_argument("--no-mlflow", action="store_true")
     args = ap.parse_args(argv)
+    # SIGTERM (a timeout, a job runner) ends the run through `finally`: the service it started stops.
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     out = args.out / datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     service: RunningService | None = None
