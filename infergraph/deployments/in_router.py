@@ -19,21 +19,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the router builds it (router.py); this module only keeps it in step
+    from infergraph.deployments.encoder import TextEncoderReplica
 
 log = logging.getLogger("ray.serve")
-
-
-class EncoderCopy(Protocol):
-    """What the router needs of its copy (deployments/encoder.py's `TextEncoderReplica`)."""
-
-    variant_error: str | None
-
-    async def reconfigure(self, user_config: dict[str, Any]) -> None: ...
-
-    async def run(self, jobs: list[Any]) -> list[Any]: ...
-
-    def info(self) -> dict[str, Any]: ...
 
 
 # Card fields that describe the deployment's configuration rather than the copy that computes.
@@ -55,10 +46,10 @@ def mirrored_config(card: dict[str, Any]) -> dict[str, Any]:
 class InRouterModel:
     """The router's copy of one encoder deployment, kept in step with the deployment's card."""
 
-    def __init__(self, name: str, make: Callable[[dict[str, Any]], EncoderCopy]) -> None:
+    def __init__(self, name: str, make: Callable[[dict[str, Any]], TextEncoderReplica]) -> None:
         self.name = name
         self.make = make  # builds and warms a copy for a user_config; blocking
-        self.copy: EncoderCopy | None = None
+        self.copy: TextEncoderReplica | None = None
         self.serving = False  # the copy serves what the deployment serves
         self.error: str | None = None  # why it does not, when it tried and failed
         self._wanted: dict[str, Any] | None = None

@@ -170,7 +170,7 @@ def served_card(handle: DeploymentHandle, copy: InRouterModel) -> Callable[[], A
     ask_deployment = deployment_card(handle)
 
     async def describe() -> dict[str, Any]:
-        return copy.info() if copy.serving else {**await ask_deployment(), "computed_in": "replica"}
+        return copy.info() if copy.serving else await ask_deployment()  # the card's default: replica
 
     return describe
 

@@ -87,11 +87,11 @@ def test_the_copy_follows_batching_changes_without_reloading(arguments, deployme
     copy = in_router(arguments)
     asyncio.run(copy.sync(deployment.info()))
     assert copy.copy is not None
-    encoder = copy.copy.encoder  # type: ignore[attr-defined]
+    encoder = copy.copy.encoder
     changed = {**deployment.info(), "batching": {**deployment.info()["batching"], "max_batch_sentences": 4}}
     asyncio.run(copy.sync(changed))
     assert copy.serving and copy.info()["batching"]["max_batch_sentences"] == 4
-    assert copy.copy.encoder is encoder  # type: ignore[attr-defined]
+    assert copy.copy.encoder is encoder
 
 
 def test_a_variant_the_copy_cannot_load_leaves_the_deployment_answering(arguments, deployment, tmp_path):
