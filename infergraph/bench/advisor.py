@@ -389,8 +389,9 @@ def sweep(target: Target, args: argparse.Namespace, out: Path) -> tuple[Trial, T
         if chosen is not None and knob.path not in chosen:
             continue
         current = best.changes.get(knob.path, knob_value(target.config, args.model, knob.path))
-        if knob.path == "user_config.variant" and current is None:
-            current = "base" if not variant_exists(f"models:/{args.model}@production", args) else None
+        if knob.path == "user_config.variant" and current is None:  # unset: the registry's default
+            default = f"models:/{args.model}@production"
+            current = default if variant_exists(default, args) else "base"
         values = knob.values
         if knob.path == "user_config.variant" and args.variants:
             values += tuple(args.variants.split(","))
