@@ -37,10 +37,11 @@ from rich.table import Table
 from infergraph.bench.loadgen import closed_loop
 from infergraph.corpus import load_corpus
 from infergraph.paths import PROJECT_ROOT
+from infergraph.testing import ADMIN_KEY
 from infergraph.testing.service import DEFAULT_CONFIG, serving_only, start_service
 
 MODELS = ["all-MiniLM-L6-v2", "multilingual-e5-small"]
-ADMIN = {"Authorization": "Bearer sk-ig-admin"}  # configs/tenants.yaml's development admin key
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 HISTOGRAMS = {
     "router": "infergraph_request_latency_seconds",
     "queue": "infergraph_queue_wait_seconds",

@@ -18,12 +18,12 @@ from schemathesis import GenerationMode
 
 from infergraph.deployments.kinds import endpoints_by_path
 from infergraph.deployments.router import app
-from infergraph.testing import DEV_KEY
+from infergraph.testing import ADMIN_KEY, DEV_KEY
 
 pytestmark = pytest.mark.integration
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10"))
-KEYS = {"dev-key": DEV_KEY, "admin-key": "sk-ig-admin", "no-key": None}
+KEYS = {"dev-key": DEV_KEY, "admin-key": ADMIN_KEY, "no-key": None}
 MAX_TOKENS = 8  # generation length is not what this test is about: keep each LLM answer short
 OPENAI_ERROR_FIELDS = {"message", "type", "param", "code"}
 

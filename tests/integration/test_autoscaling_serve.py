@@ -16,14 +16,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from infergraph.testing import DEV_KEY
+from infergraph.testing import ADMIN_KEY, DEV_KEY
 from infergraph.testing.service import start_service
 
 pytestmark = pytest.mark.integration
 
 CONFIG = Path(__file__).with_name("serve-autoscaling.yaml")
 MINILM = "all-MiniLM-L6-v2"
-ADMIN = {"Authorization": "Bearer sk-ig-admin"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 CLIENTS, SENTENCES = 32, 16
 MAX_LOAD_S, HOLD_AT_TWO_S, SCALE_DOWN_WITHIN_S = 45.0, 5.0, 60.0
 

@@ -7,12 +7,12 @@ import httpx
 import openai
 import pytest
 
-from infergraph.testing import DEV_KEY
+from infergraph.testing import ADMIN_KEY, DEV_KEY
 
 pytestmark = pytest.mark.integration
 
 LLM, MINILM = "smollm2-135m-instruct", "all-MiniLM-L6-v2"
-ADMIN = {"Authorization": "Bearer sk-ig-admin"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 AUTH = {"Authorization": f"Bearer {DEV_KEY}"}
 CAPITAL = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
 

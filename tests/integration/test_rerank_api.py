@@ -6,12 +6,12 @@ import numpy as np
 import openai
 import pytest
 
-from infergraph.testing import DEV_KEY
+from infergraph.testing import ADMIN_KEY, DEV_KEY
 
 pytestmark = pytest.mark.integration
 
 AUTH = {"Authorization": f"Bearer {DEV_KEY}"}
-ADMIN = {"Authorization": "Bearer sk-ig-admin"}
+ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 EN, MULTI, MINILM = "rerank-hybrid-en", "rerank-hybrid-multilingual", "all-MiniLM-L6-v2"
 QUERY = "How do I install a Debian package from a .deb file?"
 DOCUMENTS = [
