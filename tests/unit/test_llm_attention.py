@@ -19,10 +19,12 @@ def test_decode_attention_matches_sdpa_with_grouped_heads_and_ragged_contexts(dt
     lengths = torch.tensor([1, 7, 40, 23, 16])
     mask = (torch.arange(ctx)[None, :] < lengths[:, None])[:, None, None, :]
     want = F.scaled_dot_product_attention(q[:, :, None, :], k, v, attn_mask=mask, enable_gqa=True)[:, :, 0]
-    got = _decode_attention(q.to(dtype), k.to(dtype), v.to(dtype), mask).float()
+    head_major = [t.transpose(0, 1).contiguous().to(dtype) for t in (k, v)]  # the layout the engine gathers
+    got = _decode_attention(q.to(dtype), *head_major, mask).float()
     tol = 3e-2 if dtype == torch.bfloat16 else 1e-5
     assert torch.allclose(got, want, atol=tol, rtol=tol)
     # a key past a sequence's length changes nothing
     k2 = k.clone()
     k2[0, :, 5:] = 100.0
-    assert torch.equal(_decode_attention(q.to(dtype), k2.to(dtype), v.to(dtype), mask)[0], got.to(dtype)[0])
+    k2_head_major = k2.transpose(0, 1).contiguous().to(dtype)
+    assert torch.equal(_decode_attention(q.to(dtype), k2_head_major, head_major[1], mask)[0], got.to(dtype)[0])
