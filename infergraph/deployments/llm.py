@@ -40,6 +40,12 @@ def promoted_precision(name: str, tracking_uri: str) -> tuple[str | None, str]:
     return (tags or {}).get("precision"), reason if tags else f"{reason}: the catalog's precision"
 
 
+def engine_threads(spec: LLMSpec) -> int:
+    """CPU threads of the engine's steps: the catalog's `threads`, else INFERGRAPH_ENGINE_THREADS, else
+    every core."""
+    return spec.threads or int(os.environ.get("INFERGRAPH_ENGINE_THREADS", os.cpu_count() or 1))
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0.8}, max_ongoing_requests=1024)
 class LLMDeployment:
     def __init__(self, spec: dict[str, Any], mode: str | None = None, tracking_uri: str = "") -> None:
@@ -60,8 +66,7 @@ class LLMDeployment:
 
             self.engine = load_vllm_engine(self.spec, resolve_llm_dir(self.spec.source))
         else:
-            threads = int(os.environ.get("INFERGRAPH_ENGINE_THREADS", os.cpu_count() or 1))
-            self.engine = load_llm_engine(self.spec, threads=threads, mode=mode)
+            self.engine = load_llm_engine(self.spec, threads=engine_threads(self.spec), mode=mode)
         log.info(
             "%s: LLM engine ready (max context %d, %s: %s)",
             self.spec.name,

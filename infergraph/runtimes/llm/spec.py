@@ -34,6 +34,12 @@ class LLMSpec(BaseModel):
         description="fp32: exact (the reference); bf16: weights, activations and KV in bf16; int8/int4: "
         "weight-only quantisation, fp32 activations (int4 = the GGUF's own 4-bit weights)",
     )
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="CPU threads of a model step (default: INFERGRAPH_ENGINE_THREADS, else every core); "
+        "where the router and the clients share the cores, fewer can be faster (docs/llm.md)",
+    )
     batch_wait_ms: float = Field(50.0, ge=0, description="mode=dynamic: how long a batch may wait to fill")
     engine: Literal["infergraph", "vllm"] = Field(
         "infergraph", description="infergraph: this package's CPU engine; vllm: vLLM on GPUs (unrun here)"
