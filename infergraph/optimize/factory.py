@@ -37,9 +37,11 @@ class VariantFactory:
         plan: ModelPlan,
         teacher: Callable[[], TextEncoder],
         corpus: Corpus,
+        threads: int = 2,
     ) -> None:
         self.spec, self.model_dir, self.work, self.plan = spec, model_dir, work, plan
         self.teacher, self.corpus = teacher, corpus
+        self.threads = threads  # the probes' encoders (the pipeline's speed.threads)
         self.stats: dict[str, dict[str, float]] = {}  # per variant: build seconds, training figures
 
     def build(self, variant: str) -> v.Built:
@@ -149,7 +151,7 @@ class VariantFactory:
         texts = data.multilingual_corpus(limit=mixed_int8.PROBE_TEXTS, seed=1)  # not evaluation data
 
         def encoder_of(onnx_file: Path) -> mixed_int8.Encode:
-            return onnx_file_encoder(self.spec, self.model_dir, onnx_file, threads=2).encode
+            return onnx_file_encoder(self.spec, self.model_dir, onnx_file, threads=self.threads).encode
 
         choice = mixed_int8.build(self.fused_onnx, target, encoder_of, texts, mixed_int8.FIDELITY)
         self.stats["onnx-int8-mixed"] = {

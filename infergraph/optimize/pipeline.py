@@ -155,7 +155,7 @@ def run_model(
             }
         )
     factory = VariantFactory(
-        spec, model_dir, work, plan, lambda: load_text_encoder(spec, "onnx", threads), corpus
+        spec, model_dir, work, plan, lambda: load_text_encoder(spec, "onnx", threads), corpus, threads
     )
     fidelity_texts = evaluator.fidelity_texts(speed_texts)
 
