@@ -1,7 +1,7 @@
 """Issue #16 through Ray Serve itself: the real encoder deployment, `num_gpus: 1` replicas, 1 vs N GPUs.
 
 infergraph/bench/gpu_scaling.py measured one plain process per GPU because Ray was not on the lent
-GPU machine. This runs Ray there: a local cluster, `TextEncoderDeployment` bound by `bind_encoder`
+GPU machine. This runs Ray there: a local cluster, `TextEncoderDeployment` bound as `bind_encoder` binds it
 with configs/serve-gpu.yaml's settings for all-MiniLM-L6-v2 (user_config, max_ongoing_requests,
 LeastTimeRouter, the app's env vars; engine torch + INFERGRAPH_DEVICE=cuda: the packed fp16
 `VarlenEngine`) except `ray_actor_options.num_gpus: 1` and `num_replicas` 1, then N. Load comes
@@ -266,13 +266,12 @@ def serve_settings(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def encoder_app(
     model_dir: Path, replicas: int, config: Path, device: str = "cuda", env: dict[str, str] | None = None
 ) -> tuple[Any, dict[str, Any]]:
-    """The deployment `build_app` binds for MODEL (through `bind_encoder`), with serve-gpu.yaml's
+    """The deployment `build_app` binds for MODEL (its `encoder_arguments`), with serve-gpu.yaml's
     overrides for it, `num_gpus: 1`, `replicas` replicas, and the weights at `model_dir`."""
-    from ray.serve import Application
     from ray.serve.config import RequestRouterConfig
 
     from infergraph.deployments.context import BuildContext
-    from infergraph.deployments.encoder import bind_encoder
+    from infergraph.deployments.encoder import TextEncoderDeployment, encoder_arguments
     from infergraph.runtimes.catalog import load_catalog
     from infergraph.runtimes.sources import PathSource
 
@@ -288,7 +287,6 @@ def encoder_app(
         None,
         registry.get("alias_refresh_s", 30.0),
     )
-    bound = bind_encoder(spec, ctx, {})
     runtime_env = app.get("runtime_env", {})
     if device == "cpu":  # the plumbing's smoke test on a machine without a GPU
         env = {**(env or {}), "INFERGRAPH_DEVICE": "cpu"}
@@ -307,10 +305,10 @@ def encoder_app(
     }
     if "request_router_config" in dep:
         options["request_router_config"] = RequestRouterConfig(**dep["request_router_config"])
-    deployment = bound._bound_deployment.options(**options)  # how serve.yaml's overrides apply
+    deployment = TextEncoderDeployment.options(name=spec.name, **options)  # as serve.yaml's overrides apply
     settings = {k: v for k, v in options.items() if k != "request_router_config"}
     settings["request_router"] = dep.get("request_router_config", {}).get("request_router_class")
-    return Application(deployment), settings
+    return deployment.bind(**encoder_arguments(spec, ctx)), settings
 
 
 # --- load clients (Ray actors, so the load is not one Python process) ----------------------------
