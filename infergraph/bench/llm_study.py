@@ -101,39 +101,52 @@ def chat_body(model: str, prompt: Prompt, max_tokens: int | None = None, **extra
 
 
 async def stream_one(session: aiohttp.ClientSession, url: str, body: bytes, rec: StreamRecord) -> None:
-    """POST one streamed chat completion and fill `rec` while the SSE chunks arrive."""
-    try:
-        async with session.post(url, data=body) as r:
-            if r.status != 200:
-                rec.error = f"HTTP {r.status}: {(await r.read())[:300].decode(errors='replace')}"
-                rec.error_at = time.perf_counter()
+    """POST one streamed chat completion and fill `rec` while the SSE chunks arrive. A pooled
+    connection the server closed meanwhile (keep-alive limits: llama-server's) fails before the
+    request is sent; that one is sent again on a fresh connection, as an HTTP client would."""
+    for attempt in (1, 2):
+        try:
+            await _stream_once(session, url, body, rec)
+            return
+        except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+            if attempt == 2 or rec.chunks:
+                rec.error, rec.error_at = repr(exc)[:300], time.perf_counter()
                 return
-            async for raw in r.content:
-                line = raw.strip()
-                if not line.startswith(b"data:"):
-                    continue
-                data = line[5:].strip()
-                if data == b"[DONE]":
-                    break
-                now = time.perf_counter()
-                chunk = orjson.loads(data)
-                if chunk.get("error"):
-                    rec.error, rec.error_at = f"stream error: {chunk['error']}"[:300], now
-                    return
-                if usage := chunk.get("usage"):
-                    rec.tokens = int(usage.get("completion_tokens") or 0)
-                for choice in chunk.get("choices") or ():
-                    text = (choice.get("delta") or {}).get("content") or choice.get("text")
-                    if text:
-                        rec.chunks.append(now)
-                    if choice.get("finish_reason"):
-                        rec.end = now
-        if rec.end is None and rec.chunks:
-            rec.end = rec.chunks[-1]
-        if not rec.chunks:
-            rec.error, rec.error_at = "no content in the stream", time.perf_counter()
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        rec.error, rec.error_at = repr(exc)[:300], time.perf_counter()
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            rec.error, rec.error_at = repr(exc)[:300], time.perf_counter()
+            return
+
+
+async def _stream_once(session: aiohttp.ClientSession, url: str, body: bytes, rec: StreamRecord) -> None:
+    async with session.post(url, data=body) as r:
+        if r.status != 200:
+            rec.error = f"HTTP {r.status}: {(await r.read())[:300].decode(errors='replace')}"
+            rec.error_at = time.perf_counter()
+            return
+        async for raw in r.content:
+            line = raw.strip()
+            if not line.startswith(b"data:"):
+                continue
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                break
+            now = time.perf_counter()
+            chunk = orjson.loads(data)
+            if chunk.get("error"):
+                rec.error, rec.error_at = f"stream error: {chunk['error']}"[:300], now
+                return
+            if usage := chunk.get("usage"):
+                rec.tokens = int(usage.get("completion_tokens") or 0)
+            for choice in chunk.get("choices") or ():
+                text = (choice.get("delta") or {}).get("content") or choice.get("text")
+                if text:
+                    rec.chunks.append(now)
+                if choice.get("finish_reason"):
+                    rec.end = now
+    if rec.end is None and rec.chunks:
+        rec.end = rec.chunks[-1]
+    if not rec.chunks:
+        rec.error, rec.error_at = "no content in the stream", time.perf_counter()
 
 
 @dataclass
