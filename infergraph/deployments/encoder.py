@@ -44,6 +44,7 @@ from infergraph.protocol.embeddings import EmbeddingRequest, EmbedResult, EmbedW
 from infergraph.runtimes.batching import DeadlineExceededError, PriorityBatcher
 from infergraph.runtimes.catalog import EncoderSpec, ModelSpec
 from infergraph.runtimes.text_encoder import BatchLimits, InputTooLongError, TextEncoder
+from infergraph.runtimes.threads import engine_threads
 
 log = logging.getLogger("ray.serve")
 
@@ -137,7 +138,7 @@ class TextEncoderReplica:
     ) -> None:
         self.spec = EncoderSpec.model_validate(spec)
         self.engine_kind = engine
-        self.threads = threads or int(os.environ.get("INFERGRAPH_ENGINE_THREADS", os.cpu_count() or 1))
+        self.threads = engine_threads(threads or None)
         # ONNX runs this many forward passes at once (default: one single-threaded pass per thread).
         self.lanes = (
             int(os.environ["INFERGRAPH_ENGINE_LANES"]) if os.environ.get("INFERGRAPH_ENGINE_LANES") else None

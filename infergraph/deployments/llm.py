@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -27,6 +26,7 @@ from infergraph.protocol.common import Job
 from infergraph.protocol.llm import ChatCompletionRequest, Completion, CompletionRequest, LLMEvent, LLMWork
 from infergraph.runtimes.catalog import ModelSpec
 from infergraph.runtimes.llm.spec import LLMSpec
+from infergraph.runtimes.threads import engine_threads
 
 log = logging.getLogger("ray.serve")
 
@@ -38,12 +38,6 @@ def promoted_precision(name: str, tracking_uri: str) -> tuple[str | None, str]:
     version's `precision` tag), and how it was found; None when the registry has no such entry."""
     tags, reason = promoted_tags(name, tracking_uri)
     return (tags or {}).get("precision"), reason if tags else f"{reason}: the catalog's precision"
-
-
-def engine_threads(spec: LLMSpec) -> int:
-    """CPU threads of the engine's steps: the catalog's `threads`, else INFERGRAPH_ENGINE_THREADS, else
-    every core."""
-    return spec.threads or int(os.environ.get("INFERGRAPH_ENGINE_THREADS", os.cpu_count() or 1))
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.8}, max_ongoing_requests=1024)
@@ -66,7 +60,7 @@ class LLMDeployment:
 
             self.engine = load_vllm_engine(self.spec, resolve_llm_dir(self.spec.source))
         else:
-            self.engine = load_llm_engine(self.spec, threads=engine_threads(self.spec), mode=mode)
+            self.engine = load_llm_engine(self.spec, threads=engine_threads(self.spec.threads), mode=mode)
         log.info(
             "%s: LLM engine ready (max context %d, %s: %s)",
             self.spec.name,

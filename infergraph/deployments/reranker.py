@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from infergraph.protocol.rerank import RerankRequest, RerankResult, RerankWork, 
 from infergraph.runtimes.batching import DeadlineExceededError, PriorityBatcher
 from infergraph.runtimes.catalog import CrossEncoderScorer, HybridScorer, ModelSpec, RerankerSpec
 from infergraph.runtimes.reranking import hybrid_scores
+from infergraph.runtimes.threads import engine_threads
 
 log = logging.getLogger("ray.serve")
 
@@ -68,9 +68,8 @@ class RerankerDeployment:
         if isinstance(scorer, CrossEncoderScorer):
             from infergraph.runtimes.cross_encoder import load_cross_encoder  # engines stay out of the app
 
-            threads = int(os.environ.get("INFERGRAPH_ENGINE_THREADS", os.cpu_count() or 1))
             self.cross_encoder = load_cross_encoder(
-                scorer, self.spec.max_length, self.spec.max_query_tokens, threads=threads
+                scorer, self.spec.max_length, self.spec.max_query_tokens, threads=engine_threads()
             )
             self.batcher = PriorityBatcher(
                 self._score_batch, self.config.max_batch_pairs, self.config.batch_wait_timeout_s

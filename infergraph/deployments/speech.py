@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Literal
@@ -61,8 +60,7 @@ class SpeechDeployment:
                 self.variant_reason = self.variant_uri = reason
             else:
                 self.variant_reason = f"{reason}: {self.variant_reason}"
-        threads = int(os.environ.get("INFERGRAPH_ENGINE_THREADS", os.cpu_count() or 1))
-        self.engine = load_speech_engine(self.spec, threads=threads)
+        self.engine = load_speech_engine(self.spec)  # threads: runtimes.threads.engine_threads
         self.transcriber = Transcriber(
             self.engine, self.spec.max_windows_per_pass, express_lane=self.spec.express_lane
         )

@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from infergraph.runtimes.speech.engine import SpeechEngine
 from infergraph.runtimes.speech.spec import SpeechSpec
 from infergraph.runtimes.speech.weights import resolve_ct2_dir, resolve_transformers_dir
+from infergraph.runtimes.threads import engine_threads
 
 log = logging.getLogger(__name__)
-
-
-def engine_threads(threads: int | None = None) -> int:
-    """`threads`, else `INFERGRAPH_ENGINE_THREADS`, else every core."""
-    if threads is not None:
-        return threads
-    env = os.environ.get("INFERGRAPH_ENGINE_THREADS")
-    return int(env) if env else os.cpu_count() or 1
 
 
 def load_speech_engine(
