@@ -14,7 +14,7 @@ VariantName = Literal[
     "onnx-fp32",  # optimum export, graph optimised by ONNX Runtime at load
     "onnx-fp16",  # a GPU target: measured on CPU too, marked so
     "onnx-int8",  # ONNX Runtime dynamic INT8
-    "onnx-int8-mixed",  # dynamic INT8, the MatMuls that move the vectors most kept FP32 (mixed_int8.py)
+    "onnx-int8-token",  # INT8 with one activation scale per token (token_int8.py)
     "torch-int8",  # PyTorch dynamic INT8 (torch.ao quantize_dynamic)
     "pruned-l1",  # unstructured L1 magnitude pruning: sparse weights, dense kernels
     "pruned-layers",  # structured: drop transformer layers, no training

@@ -15,14 +15,13 @@ from pathlib import Path
 import numpy as np
 
 from infergraph.files import atomic_write_text
-from infergraph.optimize import data, mixed_int8
 from infergraph.optimize import variants as v
 from infergraph.optimize.config import Distillation, ModelPlan
 from infergraph.optimize.distill import DistillSettings, choose_layers, distill, layer_pruned, teacher_states
+from infergraph.optimize.token_int8 import quantize_token_int8
 from infergraph.runtimes.artifact import read_manifest
 from infergraph.runtimes.catalog import EncoderSpec
 from infergraph.runtimes.engines.onnx_engine import export_onnx
-from infergraph.runtimes.loader import onnx_file_encoder
 from infergraph.runtimes.text_encoder import TextEncoder
 
 Corpus = Callable[[], list[str]]
@@ -37,11 +36,9 @@ class VariantFactory:
         plan: ModelPlan,
         teacher: Callable[[], TextEncoder],
         corpus: Corpus,
-        threads: int = 2,
     ) -> None:
         self.spec, self.model_dir, self.work, self.plan = spec, model_dir, work, plan
         self.teacher, self.corpus = teacher, corpus
-        self.threads = threads  # the probes' encoders (the pipeline's speed.threads)
         self.stats: dict[str, dict[str, float]] = {}  # per variant: build seconds, training figures
 
     def build(self, variant: str) -> v.Built:
@@ -146,23 +143,10 @@ class VariantFactory:
         int8 = v.dynamic_int8(self.fused_onnx, self.work / "fused-int8")
         v.onnx_artifact(self.spec.name, "onnx-int8", "int8", int8, self.model_dir, out)
 
-    def _onnx_int8_mixed(self, out: Path) -> None:
-        target = self.work / f"fused-int8-mixed-f{mixed_int8.FIDELITY}" / v.INT8_FILE
-        texts = data.multilingual_corpus(limit=mixed_int8.PROBE_TEXTS, seed=1)  # not evaluation data
-
-        def encoder_of(onnx_file: Path) -> mixed_int8.Encode:
-            return onnx_file_encoder(self.spec, self.model_dir, onnx_file, threads=self.threads).encode
-
-        choice = mixed_int8.build(self.fused_onnx, target, encoder_of, texts, mixed_int8.FIDELITY)
-        self.stats["onnx-int8-mixed"] = {
-            "fp32_matmuls": len(choice.excluded),
-            "probe_fidelity": choice.fidelity,
-        }
-        notes = (
-            f"dynamic INT8 except {len(choice.excluded)} MatMuls kept FP32 (the most damaging, measured on "
-            f"unlabelled text until mean cosine {choice.fidelity:.4f}): {', '.join(choice.excluded)}"
-        )
-        v.onnx_artifact(self.spec.name, "onnx-int8-mixed", "int8", target, self.model_dir, out, notes=notes)
+    def _onnx_int8_token(self, out: Path) -> None:
+        int8 = quantize_token_int8(self.fused_onnx, self.work / "fused-int8-token" / v.INT8_FILE)
+        notes = "INT8 weights per column, activations per token (token_int8.py); attention as onnx-int8"
+        v.onnx_artifact(self.spec.name, "onnx-int8-token", "int8", int8, self.model_dir, out, notes=notes)
 
     def _torch_int8(self, out: Path) -> None:
         notes = "PyTorch dynamic INT8 applied at load (torch.ao quantize_dynamic on every Linear)"

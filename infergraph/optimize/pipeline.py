@@ -155,7 +155,7 @@ def run_model(
             }
         )
     factory = VariantFactory(
-        spec, model_dir, work, plan, lambda: load_text_encoder(spec, "onnx", threads), corpus, threads
+        spec, model_dir, work, plan, lambda: load_text_encoder(spec, "onnx", threads), corpus
     )
     fidelity_texts = evaluator.fidelity_texts(speed_texts)
 

@@ -125,17 +125,6 @@ def _text_encoder(
     )
 
 
-def onnx_file_encoder(
-    spec: EncoderSpec, model_dir: Path, onnx_file: Path, threads: int | None = None
-) -> TextEncoder:
-    """A `TextEncoder` over an ONNX file that is not an artifact (yet): the optimize pipeline's
-    probes of candidate graphs, with the model's own tokenizer, on one lane."""
-    from infergraph.runtimes.engines.onnx_engine import OnnxEngine
-
-    tokenizer, pad_id = load_tokenizer(model_dir)
-    return _text_encoder(spec, tokenizer, OnnxEngine(onnx_file, threads=threads), pad_id, None)
-
-
 def build_artifact_engine(
     artifact_dir: Path, manifest: Manifest, threads: int | None = None, device: str = "cpu"
 ) -> EncoderEngine:
