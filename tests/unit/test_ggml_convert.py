@@ -14,8 +14,9 @@ import jiwer
 import numpy as np
 import pytest
 
+from infergraph.runtimes.artifact import CHECKSUMS
 from infergraph.runtimes.sources import PackageSource
-from infergraph.runtimes.speech.ggml_convert import GGML_MAGIC, NOTE, mel_filters, resolve_ggml_file
+from infergraph.runtimes.speech.ggml_convert import GGML_MAGIC, mel_filters, resolve_ggml_file
 
 # Skipped only where the package is absent: an installed pywhispercpp that fails to import is a failure.
 pytestmark = pytest.mark.skipif(
@@ -113,14 +114,14 @@ def test_layout_matches_whisper_cpp(ggml, cache):
 
 
 def test_cached_with_checksum(ggml, cache):
-    note = json.loads((ggml.parent / NOTE).read_text())
+    record = json.loads((ggml.parent / CHECKSUMS).read_text())
     mtime = ggml.stat().st_mtime_ns
     assert resolve_ggml_file(TINY_EN, cache) == ggml and ggml.stat().st_mtime_ns == mtime  # reused
     corrupt = bytearray(ggml.read_bytes())
     corrupt[-1] ^= 0xFF
     ggml.write_bytes(bytes(corrupt))
     assert resolve_ggml_file(TINY_EN, cache) == ggml  # rebuilt
-    assert json.loads((ggml.parent / NOTE).read_text())["sha256"] == note["sha256"]
+    assert json.loads((ggml.parent / CHECKSUMS).read_text())["files"] == record["files"]
     assert ggml.read_bytes()[-1] != corrupt[-1]
 
 

