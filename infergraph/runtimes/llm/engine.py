@@ -298,7 +298,12 @@ def load_llm_engine(
     if threads:
         torch.set_num_threads(threads)
     model_dir = resolve_llm_dir(spec.source, cache)
-    model = LlamaPaged(model_dir, precision=spec.precision, max_positions=spec.max_context)
+    model = LlamaPaged(
+        model_dir,
+        precision=spec.precision,
+        max_positions=spec.max_context,
+        int4_rows=spec.int4_rows if spec.precision == "bf16" else 0,
+    )
     return build_llm_engine(model, AutoTokenizer.from_pretrained(model_dir), model_dir, spec, mode, threads)
 
 

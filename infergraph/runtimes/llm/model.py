@@ -188,7 +188,11 @@ class LlamaPaged:
     weights already in memory (e.g. a randomly initialised model), instead of the folder's
     safetensors; `config.json` is still read from `model_dir`. `packed`: the unpadded varlen
     attention path (default: on for a CUDA device in bf16, else off). `graphs`: replay decode-only
-    steps from CUDA graphs (packed path on a GPU only)."""
+    steps from CUDA graphs (packed path on a GPU only). `int4_rows` (bf16 on the CPU): steps of at
+    most that many tokens multiply by a second copy of the weights in int4 (the GGUF's own 4-bit
+    blocks; an int8 head) with bf16 activations. Such steps read every weight for a few rows, so
+    their time is reading weights: a quarter of the bytes. Bigger steps keep bf16, whose kernels win
+    from ~16 rows up (docs/llm.md)."""
 
     def __init__(
         self,
@@ -200,6 +204,7 @@ class LlamaPaged:
         packed: bool | None = None,
         graphs: bool = True,
         max_graphs: int = 256,
+        int4_rows: int = 0,
     ):
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; expected one of {sorted(PRECISIONS)}")
@@ -207,6 +212,8 @@ class LlamaPaged:
         on_gpu = self.device.type == "cuda"
         if on_gpu and precision in ("int8", "int4"):
             raise ValueError(f"precision {precision!r} runs on the CPU only (its kernels are CPU kernels)")
+        if int4_rows and (on_gpu or precision != "bf16"):
+            raise ValueError("int4_rows: small steps in int4 beside bf16 weights, on the CPU only")
         config = json.loads((Path(model_dir) / "config.json").read_text())
         self.shape = s = LlamaShape.from_config(config)
         dtype = PRECISIONS[precision]
@@ -216,9 +223,17 @@ class LlamaPaged:
         def w(name: str) -> torch.Tensor:
             return sd.pop(name).to(device=self.device, dtype=dtype).contiguous()
 
-        def linear(*names: str) -> Weight:  # several projections of one input: one matmul
-            return quantize(torch.cat([w(name) for name in names]).contiguous(), precision)
+        self.small = _SmallStepWeights(int4_rows)
 
+        def linear(*names: str) -> Weight:  # several projections of one input: one matmul
+            weight = torch.cat([sd.pop(name) for name in names]).to(self.device).contiguous()
+            self.small.add(weight, "int4")  # from the full-precision weight: the GGUF's exact blocks
+            return quantize(weight.to(dtype).contiguous(), precision)
+
+        head_fp = (
+            sd["model.embed_tokens.weight"] if s.tied or "lm_head.weight" not in sd else sd["lm_head.weight"]
+        )
+        self.small.add(head_fp, "int8")  # GGUF: a Q8_0 head
         self.embed = w("model.embed_tokens.weight")
         head = self.embed if s.tied or "lm_head.weight" not in sd else w("lm_head.weight")
         self.lm_head = quantize(head, "int8" if precision == "int4" else precision)  # GGUF: a Q8_0 head
@@ -505,11 +520,18 @@ class LlamaPaged:
         """Logits [len(logit_rows), vocab] (fp32) for the last token of each sequence that wants them."""
         s = self.shape
         n = batch.input_ids.shape[0]
+        qkv_w, o_w, gate_up_w, down_w, head_w = self.small.pick(n) or (
+            self.qkv,
+            self.o,
+            self.gate_up,
+            self.down,
+            self.lm_head,
+        )
         x = F.embedding(batch.input_ids, self.embed)
         contexts = _DecodeContexts(batch, s, self._decode_buffers) if batch.n_decode else None
         for layer in range(s.layers):
             h = _rms_norm(x, self.norm_in[layer], s.eps)
-            qkv = _mm(h, self.qkv[layer])
+            qkv = _mm(h, qkv_w[layer])
             qk = qkv[:, : self.q_size + self.kv_size].view(n, s.heads + s.kv_heads, s.head_dim)
             qk = _rope(qk, batch.cos, batch.sin)  # q and k heads in one go
             q, k = qk[:, : s.heads], qk[:, s.heads :]
@@ -518,12 +540,12 @@ class LlamaPaged:
             cache_k.index_copy_(0, batch.write_slots, k)
             cache_v.index_copy_(0, batch.write_slots, v)
             attn = self._attention(batch, contexts, q, k, v, cache_k, cache_v)
-            x = x + _mm(attn.reshape(n, self.q_size), self.o[layer])
+            x = x + _mm(attn.reshape(n, self.q_size), o_w[layer])
             h = _rms_norm(x, self.norm_post[layer], s.eps)
-            gate, up = _mm(h, self.gate_up[layer]).split(s.intermediate, dim=-1)
-            x = x + _mm(F.silu(gate) * up, self.down[layer])
+            gate, up = _mm(h, gate_up_w[layer]).split(s.intermediate, dim=-1)
+            x = x + _mm(F.silu(gate) * up, down_w[layer])
         last = _rms_norm(x.index_select(0, batch.logit_rows), self.final_norm, s.eps)
-        return _mm(last, self.lm_head).float()
+        return _mm(last, head_w).float()
 
     def _attention(
         self,
@@ -562,6 +584,37 @@ class LlamaPaged:
                 o = F.scaled_dot_product_attention(qq, kk, vv, attn_mask=p.mask, enable_gqa=True)
             out[p.rows] = o[0].transpose(0, 1)
         return out
+
+
+class _SmallStepWeights:
+    """The int4 copy of the weights that steps of at most `rows` tokens use (`LlamaPaged.int4_rows`),
+    added in the order the layers are built: qkv, o, gate_up, down per layer, then the head."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self.weights: list[Weight] = []
+        self.head: Weight | None = None
+        self.steps = 0  # steps that used them
+        self._by_kind: tuple[list[Weight], list[Weight], list[Weight], list[Weight]] | None = None
+
+    def add(self, weight: torch.Tensor, precision: str) -> None:
+        if not self.rows:
+            return
+        quantised = quantize(weight.float(), precision)
+        if precision == "int8":
+            self.head = quantised
+        else:
+            self.weights.append(quantised)
+
+    def pick(self, rows: int) -> tuple[list[Weight], list[Weight], list[Weight], list[Weight], Weight] | None:
+        """(qkv, o, gate_up, down, head) for a step of `rows` tokens, or None: the main weights."""
+        if not self.rows or rows > self.rows or self.head is None:
+            return None
+        self.steps += 1
+        if self._by_kind is None:
+            w = self.weights
+            self._by_kind = w[0::4], w[1::4], w[2::4], w[3::4]
+        return *self._by_kind, self.head
 
 
 class _DecodeContexts:

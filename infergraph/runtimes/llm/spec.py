@@ -34,6 +34,13 @@ class LLMSpec(BaseModel):
         description="fp32: exact (the reference); bf16: weights, activations and KV in bf16; int8/int4: "
         "weight-only quantisation, fp32 activations (int4 = the GGUF's own 4-bit weights)",
     )
+    int4_rows: int = Field(
+        0,
+        ge=0,
+        description="precision bf16, CPU: model steps of at most this many tokens (decode with few "
+        "streams) use a second copy of the weights in int4, the GGUF's own 4-bit blocks, with bf16 "
+        "activations: a quarter of the bytes to read per step; 0: off (docs/llm.md)",
+    )
     threads: int | None = Field(
         None,
         ge=1,
