@@ -230,12 +230,10 @@ class LlamaPaged:
             self.small.add(weight, "int4")  # from the full-precision weight: the GGUF's exact blocks
             return quantize(weight.to(dtype).contiguous(), precision)
 
-        head_fp = (
-            sd["model.embed_tokens.weight"] if s.tied or "lm_head.weight" not in sd else sd["lm_head.weight"]
-        )
-        self.small.add(head_fp, "int8")  # GGUF: a Q8_0 head
+        tied = s.tied or "lm_head.weight" not in sd
+        self.small.add(sd["model.embed_tokens.weight" if tied else "lm_head.weight"], "int8")  # GGUF: Q8_0
         self.embed = w("model.embed_tokens.weight")
-        head = self.embed if s.tied or "lm_head.weight" not in sd else w("lm_head.weight")
+        head = self.embed if tied else w("lm_head.weight")
         self.lm_head = quantize(head, "int8" if precision == "int4" else precision)  # GGUF: a Q8_0 head
         self.final_norm = w("model.norm.weight")
         self.qkv: list[Weight] = []
