@@ -25,9 +25,10 @@ class Int8Linear:
         self.q = (w / scale[:, None]).round().clamp(-127, 127).to(torch.int8).contiguous()
         self.scale = scale
         self.out_features = w.shape[0]
+        self._scales = _ByDtype(scale)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch._weight_int8pack_mm(x, self.q, self.scale.to(x.dtype))
+        return torch._weight_int8pack_mm(x, self.q, self._scales[x.dtype])
 
 
 class Int4Linear:
@@ -46,9 +47,24 @@ class Int4Linear:
         self.packed = torch._convert_weight_to_int4pack_for_cpu(q.contiguous(), 1)
         self.scales_zeros = torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous()  # [k/g, n, 2]
         self.group, self.out_features = group, n
+        self._scales_zeros = _ByDtype(self.scales_zeros)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch._weight_int4pack_mm_for_cpu(x, self.packed, self.group, self.scales_zeros.to(x.dtype))
+        return torch._weight_int4pack_mm_for_cpu(x, self.packed, self.group, self._scales_zeros[x.dtype])
+
+
+class _ByDtype:
+    """A tensor converted once per activation dtype the kernels are called with: converting the
+    scales on every call cost ~2 ms of a 12 ms single-stream decode step (profiled)."""
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self._by_dtype = {tensor.dtype: tensor}
+
+    def __getitem__(self, dtype: torch.dtype) -> torch.Tensor:
+        converted = self._by_dtype.get(dtype)
+        if converted is None:
+            converted = self._by_dtype[dtype] = self._by_dtype[next(iter(self._by_dtype))].to(dtype)
+        return converted
 
 
 def quantize(weight: torch.Tensor, precision: str) -> torch.Tensor | Int8Linear | Int4Linear:
