@@ -34,8 +34,7 @@ from rich.table import Table
 
 from infergraph.files import atomic_write_text
 from infergraph.paths import PROJECT_ROOT
-from infergraph.runtimes.llm.engine import LLMEngine, build_llm_engine
-from infergraph.runtimes.llm.model import LlamaPaged
+from infergraph.runtimes.llm.engine import LLMEngine, build_llm_engine, paged_model
 from infergraph.runtimes.llm.sampling import SamplingParams
 from infergraph.runtimes.llm.spec import LLMSpec
 from infergraph.runtimes.llm.weights import resolve_llm_dir
@@ -111,12 +110,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     model_dir = resolve_llm_dir(spec.source)
     from transformers import AutoTokenizer
 
-    model = LlamaPaged(
-        model_dir,
-        precision=spec.precision,
-        max_positions=spec.max_context,
-        int4_rows=spec.int4_rows if spec.precision == "bf16" else 0,
-    )
+    model = paged_model(spec, model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     rows = []
     system = [{"role": "system", "content": system_message(args.system_words)}] if args.system_words else []

@@ -298,13 +298,15 @@ def load_llm_engine(
     if threads:
         torch.set_num_threads(threads)
     model_dir = resolve_llm_dir(spec.source, cache)
-    model = LlamaPaged(
-        model_dir,
-        precision=spec.precision,
-        max_positions=spec.max_context,
-        int4_rows=spec.int4_rows if spec.precision == "bf16" else 0,
-    )
+    model = paged_model(spec, model_dir)
     return build_llm_engine(model, AutoTokenizer.from_pretrained(model_dir), model_dir, spec, mode, threads)
+
+
+def paged_model(spec: LLMSpec, model_dir: Path) -> LlamaPaged:
+    """The model at `spec`'s precision; `int4_rows` only where it applies (bf16: with no registry
+    the catalog's fp32 is served, and the setting waits for the promoted bf16)."""
+    int4_rows = spec.int4_rows if spec.precision == "bf16" else 0
+    return LlamaPaged(model_dir, spec.precision, max_positions=spec.max_context, int4_rows=int4_rows)
 
 
 def build_llm_engine(

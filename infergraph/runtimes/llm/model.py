@@ -227,11 +227,11 @@ class LlamaPaged:
 
         def linear(*names: str) -> Weight:  # several projections of one input: one matmul
             weight = torch.cat([sd.pop(name) for name in names]).to(self.device).contiguous()
-            self.small.add(weight, "int4")  # from the full-precision weight: the GGUF's exact blocks
+            self.small.add(weight)  # from the full-precision weight: the GGUF's exact blocks
             return quantize(weight.to(dtype).contiguous(), precision)
 
         tied = s.tied or "lm_head.weight" not in sd
-        self.small.add(sd["model.embed_tokens.weight" if tied else "lm_head.weight"], "int8")  # GGUF: Q8_0
+        self.small.set_head(sd["model.embed_tokens.weight" if tied else "lm_head.weight"])
         self.embed = w("model.embed_tokens.weight")
         head = self.embed if tied else w("lm_head.weight")
         self.lm_head = quantize(head, "int8" if precision == "int4" else precision)  # GGUF: a Q8_0 head
@@ -595,14 +595,13 @@ class _SmallStepWeights:
         self.steps = 0  # steps that used them
         self._by_kind: tuple[list[Weight], list[Weight], list[Weight], list[Weight]] | None = None
 
-    def add(self, weight: torch.Tensor, precision: str) -> None:
-        if not self.rows:
-            return
-        quantised = quantize(weight.float(), precision)
-        if precision == "int8":
-            self.head = quantised
-        else:
-            self.weights.append(quantised)
+    def add(self, weight: torch.Tensor) -> None:
+        if self.rows:
+            self.weights.append(quantize(weight.float(), "int4"))
+
+    def set_head(self, weight: torch.Tensor) -> None:
+        if self.rows:
+            self.head = quantize(weight.float(), "int8")  # the GGUF's head is Q8_0
 
     def pick(self, rows: int) -> tuple[list[Weight], list[Weight], list[Weight], list[Weight], Weight] | None:
         """(qkv, o, gate_up, down, head) for a step of `rows` tokens, or None: the main weights."""
