@@ -284,6 +284,73 @@ def debian_faq(lang: str = "en", max_words: int | None = FAQ_PASSAGE_WORDS) -> Q
     return QAPairs(list(data.questions), list(data.passages), list(data.ids))
 
 
+# --------------------------------------------------------------------------- Python FAQ
+
+# A second English question -> answer set, from another domain than Debian's: the FAQ of Python's own
+# documentation (programming, design, library, ...), as Debian packages it.
+PYTHON_DOC_PACKAGE = "python3.11-doc"
+
+
+class _SphinxSections(HTMLParser):
+    """(anchor id, heading, own text) of each `<section>` of a Sphinx page; the heading's pilcrow
+    link is dropped, nested sections keep their text to themselves."""
+
+    _BLOCKS = {"p", "div", "li", "dt", "dd", "pre", "br"}
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.done: list[tuple[str, str, str]] = []
+        self._open: list[tuple[str, list[str], list[str]]] = []
+        self._in_heading = False
+        self._in_pilcrow = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "section":
+            self._open.append((a.get("id") or "", [], []))
+        elif re.fullmatch(r"h[1-6]", tag):
+            self._in_heading = True
+        elif tag == "a" and "headerlink" in (a.get("class") or ""):
+            self._in_pilcrow += 1
+        elif tag in self._BLOCKS:
+            self.handle_data("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "section" and self._open:
+            sid, heading, body = self._open.pop()
+            self.done.append((sid, _squash("".join(heading)), _squash("".join(body))))
+        elif re.fullmatch(r"h[1-6]", tag):
+            self._in_heading = False
+        elif tag == "a" and self._in_pilcrow:
+            self._in_pilcrow -= 1
+
+    def handle_data(self, data: str) -> None:
+        if self._open and not self._in_pilcrow:
+            _, heading, body = self._open[-1]
+            (heading if self._in_heading else body).append(data)
+
+
+@functools.lru_cache(maxsize=4)
+def python_faq(max_words: int | None = FAQ_PASSAGE_WORDS) -> QAPairs:
+    """The Python FAQ: each question heading against its own answer (171 pairs in 3.11), cut to
+    `max_words` like the Debian FAQ's. Raises DataUnavailableError when the package cannot be fetched."""
+    root = fetch_deb(PYTHON_DOC_PACKAGE, cache_root() / "data" / PYTHON_DOC_PACKAGE)
+    pages = sorted(root.glob("usr/share/doc/python3*/html/faq/*.html"))
+    if not pages:
+        raise DataUnavailableError(f"{PYTHON_DOC_PACKAGE} has no html/faq/*.html")
+    pairs: dict[str, tuple[str, str]] = {}
+    for page in pages:
+        parser = _SphinxSections()
+        parser.feed(_read_html(page))
+        parser.close()
+        for sid, heading, text in parser.done:
+            if _is_question(heading) and _words(text) >= 10:
+                pairs[f"{page.stem}#{sid}"] = (heading, _truncate_words(text, max_words))
+    return QAPairs(
+        questions=[q for q, _ in pairs.values()], passages=[a for _, a in pairs.values()], ids=list(pairs)
+    )
+
+
 # --------------------------------------------------------------------------- Django translations
 
 BITEXT_LANGS = ("de", "fr", "es", "ru", "zh_Hans", "ar", "ja")

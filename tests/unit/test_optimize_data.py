@@ -17,6 +17,7 @@ from infergraph.optimize.data import (
     fetch_deb,
     lee_pairs,
     multilingual_corpus,
+    python_faq,
     read_po,
 )
 from infergraph.optimize.evaluate import bitext_accuracy, retrieval_mrr
@@ -63,6 +64,20 @@ def test_minilm_ranks_the_right_faq_answer_high_and_noise_does_not(faq, minilm_o
     assert 0.55 < scores["mrr@10"] < 0.8, scores  # measured 0.66 (passages cut at 120 words)
     assert scores["recall@1"] <= scores["mrr@10"] <= scores["recall@10"]
     assert retrieval_mrr(_noise_encoder(), _noise_encoder(1), faq["en"])["mrr@10"] < 0.2
+
+
+def test_python_faq_pairs_each_question_with_its_own_answer():
+    try:
+        data = python_faq()
+    except DataUnavailableError as e:
+        pytest.skip(f"the Python documentation package cannot be fetched here: {e}")
+    assert len(data.ids) >= 150 and len(set(data.passages)) == len(data.passages)
+    assert all(q.endswith("?") for q in data.questions)
+    i = data.questions.index("Why are Python strings immutable?")
+    assert "immutable" in data.passages[i] and data.ids[i].startswith("design#")
+    assert not any("¶" in q for q in data.questions)
+    assert not any(re.search(r"</?(p|div|a|span|code|pre)\b|class=|&amp;", p) for p in data.passages)
+    assert max(len(p.split()) for p in data.passages) <= 120
 
 
 def test_a_failed_fetch_says_why_and_leaves_nothing_that_looks_done(tmp_path, monkeypatch):
