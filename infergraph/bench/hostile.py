@@ -12,6 +12,13 @@ changes per phase:
 - huge uploads: 8 clients post 30 MiB multipart bodies to /v1/audio/transcriptions (limit 25 MiB);
 - header floods: 8 clients send requests with 100 headers of 8 KiB each.
 
+The attacker runs in its own process, so that pushing its bodies does not stall the victim's
+client. It still shares the machine's cores with the service: the upload and header floods are run
+twice, once against the service and once against a null front end on another port (a process that
+reads a request's first 16 KiB, answers 400 and closes, as cheaply as a refusal can be). The victim
+during the null run shows what the attacker's own client costs this machine; the difference is what
+the service's handling costs.
+
 Reported per phase: the victim's p50/p99 and failures, and what the attacker got (status codes,
 closed connections). Bar: the victim's p99 unchanged within noise, the attacker a clear 4xx or a
 closed connection. Writes results/faults/hostile.json.
@@ -24,6 +31,8 @@ import asyncio
 import contextlib
 import json
 import random
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -38,7 +47,7 @@ from rich.table import Table
 
 from infergraph.bench.low_concurrency import minilm_only
 from infergraph.paths import PROJECT_ROOT
-from infergraph.testing.service import start_service
+from infergraph.testing.service import free_port, start_service
 
 VICTIM_KEY = "sk-ig-demo-premium"
 ATTACKER_KEY = "sk-ig-demo-batch"
@@ -177,31 +186,89 @@ def percentiles(samples: list[tuple[float, float, int]]) -> dict[str, Any]:
     }
 
 
-async def run(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+ATTACKS = ("slow bodies", "idle connections", "huge uploads", "header floods")
+PHASES = (
+    ("baseline", None, False),
+    ("slow bodies", "slow bodies", False),
+    ("idle connections", "idle connections", False),
+    ("huge uploads", "huge uploads", False),
+    ("huge uploads, null front end", "huge uploads", True),
+    ("header floods", "header floods", False),
+    ("header floods, null front end", "header floods", True),
+    ("after", None, False),
+)
+
+
+async def attack(kind: str, url: str, seconds: float, slow: int, idle: int) -> Counter[str]:
+    """One attack for `seconds`; what the attacker got."""
     parsed = urlparse(url)
     host, port = parsed.hostname or "127.0.0.1", parsed.port or 80
-    phases = ["baseline", "slow bodies", "idle connections", "huge uploads", "header floods", "after"]
+    stop, seen = asyncio.Event(), Counter[str]()
+    coroutine = {
+        "slow bodies": lambda: slow_bodies(host, port, slow, stop, seen),
+        "idle connections": lambda: idle_connections(host, port, idle, stop, seen),
+        "huge uploads": lambda: flood(url, "upload", stop, seen),
+        "header floods": lambda: flood(url, "headers", stop, seen),
+    }[kind]()
+    task = asyncio.create_task(coroutine)
+    await asyncio.sleep(seconds)
+    stop.set()
+    await task
+    return seen
+
+
+async def null_front_end(port: int) -> None:
+    """Reads at most a request's first 16 KiB, answers 400 and closes: the cheapest refusal."""
+    body = b'{"error": {"message": "null front end", "type": "invalid_request_error", "code": "null"}}'
+    reply = b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    reply += b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.LimitOverrunError, asyncio.IncompleteReadError):
+            await reader.readuntil(b"\r\n\r\n")
+        with contextlib.suppress(OSError):
+            writer.write(reply)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(refuse, "127.0.0.1", port, limit=16 * 1024, backlog=1024)
+    async with server:
+        await server.serve_forever()
+
+
+def helper(*args: str) -> subprocess.Popen[bytes]:
+    """This module in another process (attacker or null front end)."""
+    command = [sys.executable, "-m", "infergraph.bench.hostile", *args]
+    return subprocess.Popen(command, stdout=subprocess.PIPE)
+
+
+async def run(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
+    null_port = free_port()
+    null = helper("--null-front-end", str(null_port))
     rows = []
-    for phase in phases:
-        stop, seen = asyncio.Event(), Counter[str]()
-        samples: list[tuple[float, float, int]] = []
-        attack: Any = None
-        if phase == "slow bodies":
-            attack = slow_bodies(host, port, args.slow_bodies, stop, seen)
-        elif phase == "idle connections":
-            attack = idle_connections(host, port, args.idle, stop, seen)
-        elif phase == "huge uploads":
-            attack = flood(url, "upload", stop, seen)
-        elif phase == "header floods":
-            attack = flood(url, "headers", stop, seen)
-        tasks = [asyncio.create_task(victim(url, args.victim_rps, stop, samples))]
-        if attack is not None:
-            tasks.append(asyncio.create_task(attack))
-        await asyncio.sleep(args.phase_s)
-        stop.set()
-        await asyncio.gather(*tasks)
-        rows.append({"phase": phase, "victim": percentiles(samples), "attacker": dict(seen.most_common())})
-        Console().print(rows[-1])
+    try:
+        for phase, kind, against_null in PHASES:
+            stop = asyncio.Event()
+            samples: list[tuple[float, float, int]] = []
+            attacker = None
+            if kind is not None:
+                target = f"http://127.0.0.1:{null_port}" if against_null else url
+                sizes = ("--slow-bodies", str(args.slow_bodies), "--idle", str(args.idle))
+                attacker = helper(
+                    "--attack", kind, "--target", target, "--seconds", str(args.phase_s), *sizes
+                )
+            victim_task = asyncio.create_task(victim(url, args.victim_rps, stop, samples))
+            await asyncio.sleep(args.phase_s)
+            stop.set()
+            await victim_task
+            seen: dict[str, int] = {}
+            if attacker is not None:
+                out, _ = await asyncio.to_thread(attacker.communicate)
+                seen = json.loads(out.decode().strip().splitlines()[-1])
+            rows.append({"phase": phase, "victim": percentiles(samples), "attacker": seen})
+            Console().print(rows[-1])
+    finally:
+        null.kill()
     return rows
 
 
@@ -212,7 +279,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--slow-bodies", type=int, default=1000)
     ap.add_argument("--idle", type=int, default=2000)
     ap.add_argument("--out", type=Path, default=PROJECT_ROOT / "results" / "faults")
+    ap.add_argument("--attack", choices=ATTACKS, help=argparse.SUPPRESS)  # the attacker's process
+    ap.add_argument("--target", help=argparse.SUPPRESS)
+    ap.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--null-front-end", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.null_front_end:
+        asyncio.run(null_front_end(args.null_front_end))
+        return
+    if args.attack:
+        seen = asyncio.run(attack(args.attack, args.target, args.seconds, args.slow_bodies, args.idle))
+        print(json.dumps(dict(seen.most_common())))
+        return
     service = start_service(minilm_only(Path(tempfile.mkdtemp(prefix="ig-hostile-"))))
     try:
         rows = asyncio.run(run(service.base_url, args))

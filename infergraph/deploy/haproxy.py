@@ -28,6 +28,12 @@ and reload; Ray 2.60 has no setting for any of this):
   `Authorization` header) are in flight at once; more get 429 `too_many_in_flight` with Retry-After
   from HAProxy itself, before they take a router slot: one tenant opening a thousand slow uploads
   cannot occupy the router, and the router's own per-tenant limits stay the finer ones;
+- a request that declares a body over `INFERGRAPH_MAX_REQUEST_BYTES` (26 MiB: the router's 25 MiB
+  upload limit and room for the form's other fields; 0: no cap) gets 413 `body_too_large` from
+  HAProxy at once, and the connection is closed: the body is never read. The router refused such a
+  request from its `Content-Length` too, but its HTTP server then read and dropped the whole body, so
+  8 clients posting 30 MiB uploads made the router copy ~1 GB/s (docs/reliability.md). The router's
+  own limits (`max_body_bytes`, `max_upload_bytes`) stay the exact ones; raise this one with them;
 - an error with one of those statuses that comes back from the router's HTTP server but is not JSON
   (uvicorn answers a method it does not know, `FOO /v1/models`, with a plain-text 400 before the
   application sees it) is replaced by the same OpenAI-shaped error.
@@ -54,6 +60,9 @@ OURS = "# infergraph"  # ends every line harden() adds to a section, so that it 
 PER_KEY_ENV = "INFERGRAPH_MAX_IN_FLIGHT_PER_KEY"  # "0": no cap
 PER_KEY_DEFAULT = 128
 PER_KEY_BODY = "429-in-flight.json"
+MAX_REQUEST_ENV = "INFERGRAPH_MAX_REQUEST_BYTES"  # "0": no cap
+MAX_REQUEST_DEFAULT = 26 * 1024 * 1024  # the router's DEFAULT_MAX_UPLOAD_BYTES + 1 MiB of form fields
+TOO_LARGE_BODY = "413-body-too-large.json"
 LOCAL_PORTS_ENV = "INFERGRAPH_HAPROXY_LOCAL_PORTS"  # "0": stats and exporter keep Ray's binding
 # status -> (reason, OpenAI error type, code, message, retry-after seconds or None)
 ERRORS: dict[int, tuple[str, str, str, str, int | None]] = {
@@ -78,13 +87,20 @@ def error_response(status: int) -> bytes:
     return ("\r\n".join([*head, "Cache-Control: no-cache", "Connection: close"]) + "\r\n\r\n").encode() + body
 
 
-def frontend_rules(error_dir: Path, per_key_limit: int) -> list[str]:
-    """What the Serve frontend gains: OpenAI-shaped server errors, the per-key in-flight cap."""
+def frontend_rules(
+    error_dir: Path, per_key_limit: int, max_request_bytes: int = MAX_REQUEST_DEFAULT
+) -> list[str]:
+    """What the Serve frontend gains: OpenAI-shaped server errors, the body cap, the per-key cap."""
     rules = [
         f"http-response return status {status} default-errorfiles"
         f" if {{ status {status} }} !{{ res.hdr(content-type) -m sub json }}"
         for status in ERRORS
     ]
+    if max_request_bytes > 0:  # `return` answers and closes the connection without reading the body
+        rules.append(
+            f"http-request return status 413 content-type application/json file {error_dir / TOO_LARGE_BODY}"
+            f" if {{ req.hdr_val(content-length) gt {max_request_bytes} }}"
+        )
     if per_key_limit > 0:
         rules += [
             "stick-table type string len 128 size 10k expire 60s store conn_cur",
@@ -101,8 +117,18 @@ def in_flight_error(per_key_limit: int) -> bytes:
     return json.dumps({"error": error}).encode()
 
 
+def too_large_error(max_request_bytes: int) -> bytes:
+    message = f"the request body is over {max_request_bytes} bytes, the limit of any request here"
+    error = {"message": message, "type": "invalid_request_error", "param": None, "code": "body_too_large"}
+    return json.dumps({"error": error}).encode()
+
+
 def harden(
-    config: str, error_dir: Path, local_ports: bool = True, per_key_limit: int = PER_KEY_DEFAULT
+    config: str,
+    error_dir: Path,
+    local_ports: bool = True,
+    per_key_limit: int = PER_KEY_DEFAULT,
+    max_request_bytes: int = MAX_REQUEST_DEFAULT,
 ) -> str:
     """Ray's HAProxy configuration with the changes the module docstring lists (idempotent)."""
     out, section = [], ""
@@ -124,7 +150,7 @@ def harden(
             line = f"{line.rstrip()} {RETRY_ON_DEAD_ROUTER}"
         out.append(line)
         if section == SERVE_FRONTEND and stripped == SERVE_FRONTEND:
-            out += frontend_rules(error_dir, per_key_limit)
+            out += frontend_rules(error_dir, per_key_limit, max_request_bytes)
         if section == "defaults" and stripped == "defaults":
             out.append(f"    timeout http-request {HEADERS_TIMEOUT_S}s")
             out += [f"    errorfile {status} {error_dir / f'{status}.http'}" for status in ERRORS]
@@ -138,8 +164,12 @@ def harden_file(config_path: Path) -> None:
         (error_dir / f"{status}.http").write_bytes(error_response(status))
     local_ports = os.environ.get(LOCAL_PORTS_ENV, "1") != "0"
     per_key_limit = int(os.environ.get(PER_KEY_ENV, PER_KEY_DEFAULT))
+    max_request_bytes = int(os.environ.get(MAX_REQUEST_ENV, MAX_REQUEST_DEFAULT))
     (error_dir / PER_KEY_BODY).write_bytes(in_flight_error(per_key_limit))
-    config_path.write_text(harden(config_path.read_text(), error_dir, local_ports, per_key_limit))
+    (error_dir / TOO_LARGE_BODY).write_bytes(too_large_error(max_request_bytes))
+    config_path.write_text(
+        harden(config_path.read_text(), error_dir, local_ports, per_key_limit, max_request_bytes)
+    )
 
 
 def config_argument(args: list[str]) -> Path | None:

@@ -8,6 +8,8 @@ deadlines, 429/503 with Retry-After) and accounting. Answers and errors are Open
 
 import asyncio
 import contextlib
+import logging
+import os
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import Any
@@ -20,6 +22,7 @@ from ray.serve.handle import DeploymentHandle, DeploymentResponseGenerator
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from infergraph.deploy.haproxy import MAX_REQUEST_DEFAULT, MAX_REQUEST_ENV
 from infergraph.deployments.admission import AdmissionConfig, ModelQueue, Ticket
 from infergraph.deployments.encoder import TextEncoderReplica
 from infergraph.deployments.errors import ApiError, install_error_handlers
@@ -265,6 +268,13 @@ class Router:
             max_bodies_per_tenant=max_bodies_per_tenant,
         )
         self.max_body_bytes, self.max_upload_bytes = max_body_bytes, max_upload_bytes
+        front_cap = int(os.environ.get(MAX_REQUEST_ENV, MAX_REQUEST_DEFAULT))
+        if 0 < front_cap < max(max_body_bytes, max_upload_bytes):
+            logging.getLogger(__name__).warning(
+                "max_body_bytes/max_upload_bytes (%d/%d) are over HAProxy's %s (%d): larger bodies get "
+                "HAProxy's 413; raise it in configs/serve.env",
+                max_body_bytes, max_upload_bytes, MAX_REQUEST_ENV, front_cap,
+            )  # fmt: skip
         self.started = int(time.time())
         self._replica_counts: asyncio.Task | None = None
         self._leases: asyncio.Task | None = None

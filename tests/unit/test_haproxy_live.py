@@ -6,7 +6,9 @@ more than its share of requests in flight."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
+import socket
 import subprocess
 import threading
 import time
@@ -18,7 +20,8 @@ import orjson
 import pytest
 
 from infergraph.deploy.drain import drain, main, running_sockets
-from infergraph.deploy.haproxy import PER_KEY_ENV, harden_file
+from infergraph.deploy.haproxy import MAX_REQUEST_DEFAULT, PER_KEY_ENV, harden_file
+from infergraph.deployments.router import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_UPLOAD_BYTES
 from infergraph.testing.service import free_port
 
 SLOW_S = 1.5
@@ -37,6 +40,15 @@ class StandInRouter(BaseHTTPRequestHandler):
             status, body = 400, b'{"error": {"message": "m", "type": "invalid_request_error", "code": "c"}}'
         self.send_response(status)
         self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        size = len(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        body = orjson.dumps({"read": size})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
@@ -155,3 +167,40 @@ def test_one_key_with_too_many_requests_in_flight_gets_429_and_other_keys_pass(h
     for thread in slow:
         thread.join()
     assert get(port, "/", "sk-a")[0] == 200  # the cap counts requests in flight, not requests sent
+
+
+def post_huge(port: int, declared: int) -> tuple[bytes, int]:
+    """Headers declaring `declared` bytes, then the body as fast as the server takes it; (the answer's
+    first bytes, bytes the server took before it closed)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        head = "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer sk-a\r\n"
+        head += f"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: {declared}\r\n\r\n"
+        s.sendall(head.encode())
+        chunk, sent = b"\0" * 65536, 0
+        try:
+            while sent < declared:
+                sent += s.send(chunk[: declared - sent])
+        except OSError:
+            pass  # closed by the server
+        answer = b""
+        with contextlib.suppress(OSError):
+            while len(answer) < 4096 and (part := s.recv(4096)):
+                answer += part
+        return answer, sent
+
+
+def test_a_body_over_the_limit_is_refused_413_without_being_read(haproxy):
+    port, _ = haproxy
+    answer, sent = post_huge(port, 30 * 1024 * 1024)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert orjson.loads(body)["error"]["code"] == "body_too_large"
+    assert sent < 8 * 1024 * 1024, f"{sent} of 30 MiB were read before the refusal"  # measured: < 3 MiB
+    answer, sent = post_huge(port, 1024 * 1024)  # under the limit: it reaches the router, all of it
+    assert answer.startswith(b"HTTP/1.1 200") and orjson.loads(answer.partition(b"\r\n\r\n")[2]) == {
+        "read": sent
+    }
+
+
+def test_the_front_end_cap_admits_every_body_the_router_admits():
+    assert MAX_REQUEST_DEFAULT > DEFAULT_MAX_UPLOAD_BYTES >= DEFAULT_MAX_BODY_BYTES
