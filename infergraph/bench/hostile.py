@@ -254,9 +254,10 @@ async def run(url: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             if kind is not None:
                 target = f"http://127.0.0.1:{null_port}" if against_null else url
                 sizes = ("--slow-bodies", str(args.slow_bodies), "--idle", str(args.idle))
-                attacker = helper(
-                    "--attack", kind, "--target", target, "--seconds", str(args.phase_s), *sizes
-                )
+                seconds = str(args.phase_s + 0.5)
+                attacker = helper("--attack", kind, "--target", target, "--seconds", seconds, *sizes)
+                assert attacker.stdout is not None
+                await asyncio.to_thread(attacker.stdout.readline)  # its start-up is not the attack
             victim_task = asyncio.create_task(victim(url, args.victim_rps, stop, samples))
             await asyncio.sleep(args.phase_s)
             stop.set()
@@ -288,6 +289,7 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(null_front_end(args.null_front_end))
         return
     if args.attack:
+        print("ready", flush=True)  # imports done: the victim's measured window starts now
         seen = asyncio.run(attack(args.attack, args.target, args.seconds, args.slow_bodies, args.idle))
         print(json.dumps(dict(seen.most_common())))
         return
