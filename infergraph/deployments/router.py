@@ -25,7 +25,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from infergraph.deploy.haproxy import MAX_REQUEST_DEFAULT, MAX_REQUEST_ENV
 from infergraph.deployments.admission import AdmissionConfig, ModelQueue, Ticket
 from infergraph.deployments.encoder import TextEncoderReplica
-from infergraph.deployments.errors import ApiError, install_error_handlers
+from infergraph.deployments.errors import ApiError, install_error_handlers, mark_body_read
 from infergraph.deployments.gateway import Gateway, ServedModel, StreamAnswer
 from infergraph.deployments.in_router import InRouterModel, follow_deployments
 from infergraph.deployments.kinds import endpoints_by_path, kind_streams
@@ -74,6 +74,7 @@ async def read_bounded(request: Request, limit: int) -> bytes:
         if size > limit:
             raise ApiError(413, f"request body exceeds the limit of {limit} bytes", code="body_too_large")
         chunks.append(chunk)
+    mark_body_read(request)
     return b"".join(chunks)
 
 
