@@ -109,9 +109,13 @@ def test_every_dashboard_panel_returns_data(prometheus: str, traffic: None):
 
 
 def test_refusals_are_labelled_by_reason(prometheus: str, traffic: None):
-    """The deadline no request can meet shows up as its reason, per tier."""
+    """The deadline no request can meet shows up as its reason, under its tier. (Other tiers may show
+    up too: on a loaded 2-core box a premium transcription or chat can miss its own deadline, and is
+    refused with this reason as it should be.)"""
     q = 'sum by (reason, tier) (infergraph_rejections_total{reason="deadline_exceeded"})'
     deadline = time.monotonic() + 30
     while not (result := query(prometheus, q)) and time.monotonic() < deadline:
         time.sleep(1)
-    assert [r["metric"]["tier"] for r in result] == ["standard"]
+    tiers = {r["metric"]["tier"] for r in result}
+    assert "standard" in tiers and tiers <= {"premium", "standard", "batch"}, result
+    assert all(r["metric"]["reason"] == "deadline_exceeded" for r in result)
