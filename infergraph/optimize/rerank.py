@@ -198,6 +198,29 @@ def bootstrap(values: dict[str, np.ndarray], samples: int, seed: int) -> dict[st
     return out
 
 
+def quality_stats(
+    quality: dict[str, np.ndarray], base: dict[str, np.ndarray], samples: int, seed: int
+) -> dict[str, float]:
+    """Mean and 95% interval of each per-question metric and of its paired gain over `base`:
+    `mrr10`, `mrr10_ci_low`, `mrr10_ci_high`, `gain_mrr10`, ..."""
+    values = quality | {f"gain_{k}": v - base[k] for k, v in quality.items()}
+    ci = bootstrap(values, samples, seed)
+    stats = {}
+    for k, v in values.items():
+        stats[k] = float(v.mean())
+        stats[f"{k}_ci_low"], stats[f"{k}_ci_high"] = ci[k]
+    return stats
+
+
+def logged_metrics(prefix: str, row: dict[str, Any]) -> dict[str, float]:
+    """The row's metrics and intervals, as MLflow metric names under `prefix`."""
+    return {
+        f"{prefix}/{k}{suffix}": row[k + suffix]
+        for k in ("mrr10", "r1", "gain_mrr10")
+        for suffix in ("", "_ci_low", "_ci_high")
+    }
+
+
 def evaluate_setup(
     setup: Setup,
     cands: dict[str, Candidates],
@@ -236,9 +259,6 @@ def evaluate_setup(
         base = results["encoder"][2]
         for subset, m in masks.items():
             for key, (label, w, q) in results.items():
-                values = {f"{k}": v[m] for k, v in q.items()}
-                values |= {f"gain_{k}": v[m] - base[k][m] for k, v in q.items()}
-                ci = bootstrap(values, samples, seed)
                 row: dict[str, Any] = {
                     "setup": setup.key,
                     "encoder": setup.encoder,
@@ -250,9 +270,8 @@ def evaluate_setup(
                     "n": int(m.sum()),
                     "first_stage_recall@20": float((c.gold[m] >= 0).mean()),
                 }
-                for k, v in values.items():
-                    row[k] = float(v.mean())
-                    row[f"{k}_ci_low"], row[f"{k}_ci_high"] = ci[k]
+                masked = {k: v[m] for k, v in q.items()}
+                row |= quality_stats(masked, {k: v[m] for k, v in base.items()}, samples, seed)
                 rows.append(row)
     return rows
 
@@ -287,22 +306,13 @@ def held_out_rows(key: str, c: Candidates, weight: float, samples: int, seed: in
         "bm25": per_question(gold_ranks(c.lexical, c.gold)),
         "hybrid": per_question(gold_ranks(scorer_scores(c, "hybrid", weight), c.gold)),
     } | {extra: per_question(gold_ranks(scores, c.gold)) for extra, scores in c.extra.items()}
-    base = results["encoder"]
-    rows = []
-    for scorer, q in results.items():
-        values = q | {f"gain_{k}": v - base[k] for k, v in q.items()}
-        ci = bootstrap(values, samples, seed)
-        row: dict[str, Any] = {
-            "setup": key,
-            "scorer": scorer,
-            "weight": weight if scorer == "hybrid" else None,
-        }
-        row |= {"n": len(c.gold), "first_stage_recall@20": float((c.gold >= 0).mean())}
-        for k, v in values.items():
-            row[k] = float(v.mean())
-            row[f"{k}_ci_low"], row[f"{k}_ci_high"] = ci[k]
-        rows.append(row)
-    return rows
+    recall = float((c.gold >= 0).mean())
+    return [
+        {"setup": key, "scorer": scorer, "weight": weight if scorer == "hybrid" else None}
+        | {"n": len(c.gold), "first_stage_recall@20": recall}
+        | quality_stats(q, results["encoder"], samples, seed)
+        for scorer, q in results.items()
+    ]
 
 
 # --------------------------------------------------------------------------- report
@@ -423,9 +433,10 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         encoder = load_text_encoder(catalog.encoder(setup.encoder), engine="onnx", threads=args.threads)
         passages_vec = embed_passages(setup, encoder, english.passages)
         for lang in setup.langs:
-            if debian_faq(lang).ids != english.ids:
+            questions = debian_faq(lang)
+            if questions.ids != english.ids:
                 raise ValueError(f"FAQ {lang} questions are not aligned with English")
-            cands[(setup.key, lang)] = retrieve(setup, encoder, debian_faq(lang), passages_vec, TOP_K)
+            cands[(setup.key, lang)] = retrieve(setup, encoder, questions, passages_vec, TOP_K)
         held_out[setup.key] = retrieve(
             setup, encoder, python, embed_passages(setup, encoder, python.passages), TOP_K
         )
@@ -559,14 +570,9 @@ def log_to_mlflow(summary: dict[str, Any], files: list[Path], tracking_uri: str,
         mlflow.log_params(params)
         metrics: dict[str, float] = {}
         for r in summary["rows"]:
-            name = f"{r['setup']}/{r['lang']}/{r['key']}/{r['subset']}"
-            for k in ("mrr10", "r1", "gain_mrr10"):
-                for suffix in ("", "_ci_low", "_ci_high"):
-                    metrics[f"{name}/{k}{suffix}"] = r[k + suffix]
+            metrics |= logged_metrics(f"{r['setup']}/{r['lang']}/{r['key']}/{r['subset']}", r)
         for r in summary["held_out"]:
-            for k in ("mrr10", "r1", "gain_mrr10"):
-                for suffix in ("", "_ci_low", "_ci_high"):
-                    metrics[f"{r['setup']}/python-faq/{r['scorer']}/{k}{suffix}"] = r[k + suffix]
+            metrics |= logged_metrics(f"{r['setup']}/python-faq/{r['scorer']}", r)
         mlflow.log_metrics(metrics)
         for key, choice in summary["choices"].items():
             for step, value in enumerate(choice["curve_tune"].values()):
